@@ -1,0 +1,88 @@
+"""``avatar-engine`` console script.
+
+Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int``. Heavy
+modules are imported inside the ``_run_*`` functions so ``--help`` stays fast. User-caused problems
+(:class:`~avatar_engine.errors.AvatarError`) print one line ``error: ...`` and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import AvatarError
+
+__all__ = ["main", "build_parser"]
+
+RENDERER_CHOICES = ("mesh", "source")
+
+
+def _add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="animate a photo with a driving video, write an mp4",
+                       description="Animate the face in --source with the head, mouth, eye and brow motion of "
+                                   "--driving; the driving clip's audio is muxed into --output.")
+    p.add_argument("--source", required=True, type=Path, help="portrait photo (png/jpg)")
+    p.add_argument("--driving", required=True, type=Path, help="driving video (mp4/mov/...)")
+    p.add_argument("--output", required=True, type=Path, help="output mp4")
+    p.add_argument("--renderer", default="mesh", choices=RENDERER_CHOICES, help="renderer (default: %(default)s)")
+    p.add_argument("--size", type=int, default=256, choices=(256, 512), help="face-crop resolution (default: %(default)s)")
+    p.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                   help="write the face crop only, not the whole photo")
+    p.add_argument("--no-audio", dest="audio", action="store_false", help="do not copy the driving clip's audio")
+    p.add_argument("--max-frames", type=int, default=None, help="render at most N frames")
+    p.add_argument("--expression-scale", type=float, default=1.0, help="scale of transferred expressions")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.set_defaults(run=_run_render)
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from .reenact import ReenactConfig
+    from .render_job import RenderJobConfig, render_video
+    from .retarget import RetargetConfig
+
+    reenact = ReenactConfig(paste_back=args.paste_back, retarget=RetargetConfig(expression_scale=args.expression_scale))
+    report = render_video(RenderJobConfig(
+        source=args.source, driving=args.driving, output=args.output, renderer=args.renderer, size=args.size,
+        device=args.device, audio=args.audio, max_frames=args.max_frames, progress=sys.stderr.isatty(),
+        reenact=reenact))
+    audio = "with audio" if report.has_audio else "no audio"
+    print(f"wrote {report.output}: {report.frames} frames, {report.width}x{report.height} @ {report.fps:.2f} fps, "
+          f"{audio}, {report.frames / max(report.seconds, 1e-9):.1f} frames/s")
+    return 0
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_render,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar-engine",
+                                     description="Real-time avatar engine: one photo, driven by your webcam.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Returns the process exit status."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: errors only
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("avatar_engine").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args.run(args))
+    except AvatarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
