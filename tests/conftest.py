@@ -1,0 +1,36 @@
+"""Shared test fixtures: the real talking-face corpus in ../shared/data (never copied into the repo)."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("AVATAR_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared corpus root (skips the test when it is absent)."""
+    if not (DATA / "clips.csv").exists():
+        pytest.skip(f"shared corpus not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def val_clips(data_dir: Path) -> list[dict[str, str]]:
+    """Rows of clips.csv in the val split."""
+    with open(data_dir / "clips.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == "val"]
+
+
+@pytest.fixture(scope="session")
+def val_images(data_dir: Path) -> list[dict[str, str]]:
+    """Rows of images.csv in the val split."""
+    with open(data_dir / "images.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == "val"]
