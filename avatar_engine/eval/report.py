@@ -1,0 +1,205 @@
+"""Evaluation report files: JSON (all numbers), markdown (tables), PNG (contact sheet).
+
+``write_report(result, "reports/val.json")`` writes ``reports/val.json``, ``reports/val.md`` and
+``reports/val.png``. The JSON holds the options, library versions, per-clip / per-pair scores and
+the aggregates, with floats rounded to 5 decimals (``inf`` written as the string ``"inf"``, ``nan``
+as ``null``) and keys in a fixed order, so a rerun writes the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..imageio import write_image
+from .runner import CROSS_METRICS, SELF_METRICS, EvalResult, SequenceReport
+
+__all__ = ["ReportPaths", "report_dict", "markdown_report", "summary_lines", "contact_sheet", "write_report"]
+
+_DECIMALS = 5
+_PERCENT = {"same_person_gt", "same_person_source", "output_no_face"}
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The files :func:`write_report` wrote."""
+
+    json: Path
+    markdown: Path
+    sheet: Path
+
+
+def _clean(value: object) -> object:
+    """JSON-ready copy: rounded floats, ``"inf"`` / ``"-inf"`` for infinities, ``None`` for nan."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return round(v, _DECIMALS)
+    return value
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "opencv": cv2.__version__}
+    for dist in ("avatar-engine", "numpy", "torch", "mediapipe", "dlib-bin"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _sequence_dict(report: SequenceReport) -> dict[str, object]:
+    key = "clip" if report.kind == "self" else "pair"
+    return {key: report.item, **report.info, "metrics": report.metrics}
+
+
+def report_dict(result: EvalResult) -> dict[str, object]:
+    """The whole report as a JSON-ready dict (see the module docstring)."""
+    frames = sum(int(r.info["frames"]) for r in result.self_reports)
+    return _clean({
+        "config": result.config.describe(),
+        "versions": _versions(),
+        "self_reenactment": {
+            "clips_evaluated": len(result.self_reports),
+            "frames_evaluated": frames,
+            "aggregate": result.aggregate("self"),
+            "clips": [_sequence_dict(r) for r in result.self_reports],
+        },
+        "cross_reenactment": {
+            "pairs_evaluated": len(result.cross_reports),
+            "aggregate": result.aggregate("cross"),
+            "pairs": [_sequence_dict(r) for r in result.cross_reports],
+        },
+        "failures": [{"kind": f.kind, "item": f.item, "reason": f.reason} for f in result.failures],
+    })
+
+
+def _fmt(key: str, value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "∞"
+    if key in _PERCENT:
+        return f"{100.0 * value:.1f} %"
+    if key == "psnr" or key.endswith("_error") and key != "expression_error":
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown_report(result: EvalResult) -> str:
+    """Markdown: aggregate tables with the renderers side by side, per-clip table, failures."""
+    cfg = result.config
+    names = list(cfg.renderers)
+    frames = sum(int(r.info["frames"]) for r in result.self_reports)
+    lines = [f"# Evaluation: split `{cfg.split}`, renderers {', '.join(f'`{n}`' for n in names)}", "",
+             f"Data `{cfg.data}`, crop {cfg.size} px, at most {cfg.max_frames_per_clip or 'all'} frames per clip, "
+             f"identity on every {cfg.identity_every}th frame.", ""]
+    if result.self_reports:
+        agg = result.aggregate("self")
+        lines += [f"## Self-reenactment ({len(result.self_reports)} clips, {frames} frames; mean over clips)", ""]
+        lines += _table(["metric"] + names, [[label] + [_fmt(k, agg[n][k]) for n in names] for k, label in SELF_METRICS])
+        lines += [""]
+    if result.cross_reports:
+        agg = result.aggregate("cross")
+        lines += [f"## Cross-reenactment ({len(result.cross_reports)} photo/driver pairs; mean over pairs)", ""]
+        lines += _table(["metric"] + names, [[label] + [_fmt(k, agg[n][k]) for n in names] for k, label in CROSS_METRICS])
+        lines += [""]
+    if result.self_reports:
+        keys = ("psnr", "ssim", "l1_mouth", "identity_gt", "expression_error", "yaw_error", "flicker_ratio")
+        labels = dict(SELF_METRICS)
+        lines += ["## Self-reenactment per clip", ""]
+        rows = [[r.item, str(r.info["identity"]), str(r.info["frames"]), n] + [_fmt(k, r.metrics[n][k]) for k in keys]
+                for r in result.self_reports for n in names]
+        lines += _table(["clip", "identity", "frames", "renderer"] + [labels[k] for k in keys], rows) + [""]
+    if result.cross_reports:
+        keys = ("identity_source", "expression_error", "yaw_error")
+        labels = dict(CROSS_METRICS)
+        lines += ["## Cross-reenactment per pair", ""]
+        rows = [[r.item, str(r.info["frames"]), n] + [_fmt(k, r.metrics[n][k]) for k in keys]
+                for r in result.cross_reports for n in names]
+        lines += _table(["photo/driver", "frames", "renderer"] + [labels[k] for k in keys], rows) + [""]
+    lines += ["## Failures", ""]
+    lines += [f"- {f.kind} `{f.item}`: {f.reason}" for f in result.failures] or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(result: EvalResult) -> list[str]:
+    """A few console lines: the headline aggregates per renderer, and the failures."""
+    lines = []
+    self_agg = result.aggregate("self") if result.self_reports else None
+    cross_agg = result.aggregate("cross") if result.cross_reports else None
+    for n in result.config.renderers:
+        parts = []
+        if self_agg:
+            a = self_agg[n]
+            parts.append(f"self: PSNR {_fmt('psnr', a['psnr'])} dB, SSIM {_fmt('ssim', a['ssim'])}, "
+                         f"ID->GT {_fmt('identity_gt', a['identity_gt'])}, "
+                         f"expr {_fmt('expression_error', a['expression_error'])}, "
+                         f"flicker x{_fmt('flicker_ratio', a['flicker_ratio'])}")
+        if cross_agg:
+            a = cross_agg[n]
+            parts.append(f"cross: ID->source {_fmt('identity_source', a['identity_source'])}, "
+                         f"expr {_fmt('expression_error', a['expression_error'])}")
+        lines.append(f"{n}: " + "; ".join(parts))
+    lines += [f"excluded {f.kind} {f.item}: {f.reason}" for f in result.failures]
+    return lines
+
+
+def contact_sheet(result: EvalResult, self_items: int = 4, cross_items: int = 2) -> np.ndarray:
+    """``(H, W, 3) uint8`` sheet: for the first clips / pairs, rows of GT (or driver) and outputs.
+
+    Each row is a label followed by the frames the runner kept (evenly spaced over the sequence).
+    """
+    cfg = result.config
+    side, label_w, gap = cfg.sheet_thumb, 200, 6
+    groups = [r.sheet for r in result.self_reports[:self_items]] + [r.sheet for r in result.cross_reports[:cross_items]]
+    width = label_w + cfg.sheet_frames * side
+    blocks: list[np.ndarray] = []
+    for rows in groups:
+        for row in rows:
+            strip = np.full((side, width, 3), 40, np.uint8)
+            cv2.putText(strip, row.label, (6, side // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+            for j, frame in enumerate(row.frames[: cfg.sheet_frames]):
+                strip[:, label_w + j * side: label_w + (j + 1) * side] = frame
+            blocks.append(strip)
+        blocks.append(np.full((gap, width, 3), 255, np.uint8))
+    if not blocks:
+        return np.full((side, width, 3), 40, np.uint8)
+    return np.concatenate(blocks[:-1], axis=0)
+
+
+def write_report(result: EvalResult, output: str | Path) -> ReportPaths:
+    """Write ``output`` (JSON) and, next to it, the ``.md`` table and the ``.png`` contact sheet."""
+    out = Path(output)
+    if out.suffix.lower() != ".json":
+        out = out.with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(out, out.with_suffix(".md"), out.with_suffix(".png"))
+    paths.json.write_text(json.dumps(report_dict(result), indent=1, ensure_ascii=False, allow_nan=False) + "\n",
+                          encoding="utf-8")
+    paths.markdown.write_text(markdown_report(result), encoding="utf-8")
+    write_image(paths.sheet, contact_sheet(result))
+    return paths

@@ -1,0 +1,485 @@
+"""The evaluation run: self- and cross-reenactment of a data split with one or more renderers.
+
+Self-reenactment (the paper's protocol), per clip of the split:
+
+* source = the clip's first frame in which a face is found (static mediapipe detection); it is
+  prepared with :func:`~avatar_engine.source.prepare_source` at full resolution and ``size``.
+* ground truth = the following frames (at most ``max_frames_per_clip``), cut with the *source's*
+  crop, so ground truth and output share one frame of reference. The source frame itself is not
+  scored.
+* output = a :class:`~avatar_engine.reenact.Reenactor` (``paste_back=False``) per renderer, driven by
+  the clip from the source frame on; its neutral is set to the source frame's landmarks, so the
+  retargeted target is the ground truth's own geometry.
+* pixel metrics (PSNR from the clip's mean MSE, SSIM) on every scored frame; mouth / eye L1 and the
+  landmark metrics on frames where the ground-truth crop has a face (frames without one are
+  counted as ``gt_no_face``). Landmarks are detected on the output and on the ground truth with the
+  same static detector; output frames without a face are counted as ``output_no_face``.
+* identity (dlib descriptor distance) on every ``identity_every``-th scored frame: output vs
+  ground truth and output vs source.
+* flicker: each sequence's flow-compensated frame difference (:func:`~.metrics.warp_error`, with
+  its *own* optical flow, so real motion is not counted), output / ground truth as a ratio (1 = as
+  steady as the real video; the ``source`` renderer scores 0 since it never changes).
+
+Cross-reenactment: every photo of the split whose identity has no clip in the split is driven by
+the first clip of each of the first ``cross_drivers`` identities (sorted ids); the Reenactor takes
+the driver's first face frame as neutral. Scored: identity distance output vs the source photo's
+crop, and expression / pose error of the output's landmarks against the retargeted target
+landmarks (frames where the driver has a face).
+
+Per-clip and per-pair failures (unreadable video, no face) are recorded with their reason and
+excluded. Nothing is random: a rerun gives the same numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..crop import CropConfig, crop_from_landmarks
+from ..errors import AvatarError, NoFaceError
+from ..identity import SAME_PERSON_THRESHOLD, IdentityConfig, IdentityEncoder
+from ..landmarks import LandmarkConfig, LandmarkDetector
+from ..reenact import ReenactConfig, Reenactor
+from ..renderers import RENDERER_NAMES, Renderer, create_renderer
+from ..source import SourceConfig, SourceFace, prepare_source
+from ..video import iter_frames, probe_video
+from . import metrics
+from .dataset import ClipEntry, EvalDataset, ImageEntry, load_dataset
+
+__all__ = ["EvalConfig", "SheetRow", "SequenceReport", "Failure", "EvalResult", "run_evaluation",
+           "SELF_METRICS", "CROSS_METRICS"]
+
+log = logging.getLogger("avatar_engine")
+
+SELF_METRICS: tuple[tuple[str, str], ...] = (
+    ("psnr", "PSNR (dB) ↑"),
+    ("ssim", "SSIM ↑"),
+    ("l1_mouth", "L1 mouth ↓"),
+    ("l1_eyes", "L1 eyes ↓"),
+    ("identity_gt", "ID distance to GT ↓"),
+    ("same_person_gt", "same person as GT ↑"),
+    ("identity_source", "ID distance to source ↓"),
+    ("expression_error", "expression error (IOD) ↓"),
+    ("yaw_error", "yaw error (°) ↓"),
+    ("pitch_error", "pitch error (°) ↓"),
+    ("roll_error", "roll error (°) ↓"),
+    ("flicker", "flicker (warp L1)"),
+    ("flicker_gt", "flicker of GT (warp L1)"),
+    ("flicker_ratio", "flicker ratio output / GT (GT = 1)"),
+    ("output_no_face", "output frames without a face ↓"),
+)
+"""Self-reenactment metrics per renderer: (key, table label). Ratios and distances are means over
+frames of a clip, then over clips; ``same_person_gt`` is the fraction of identity frames below the
+0.6 threshold; ``output_no_face`` is the fraction of frames (with a ground-truth face)."""
+
+CROSS_METRICS: tuple[tuple[str, str], ...] = (
+    ("identity_source", "ID distance to source photo ↓"),
+    ("same_person_source", "same person as source ↑"),
+    ("expression_error", "expression error vs target (IOD) ↓"),
+    ("yaw_error", "yaw error vs target (°) ↓"),
+    ("pitch_error", "pitch error vs target (°) ↓"),
+    ("roll_error", "roll error vs target (°) ↓"),
+    ("output_no_face", "output frames without a face ↓"),
+)
+"""Cross-reenactment metrics per renderer (means over frames of a pair, then over pairs)."""
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``avatar-engine eval``.
+
+    Attributes:
+        data: folder with ``clips.csv`` / ``images.csv`` (the layout of ``../shared/data``).
+        split: which split to evaluate.
+        renderers: renderer names (:data:`~avatar_engine.renderers.RENDERER_NAMES`), compared side by side.
+        size: face-crop side the renderers work and are scored at (256 or 512).
+        max_frames_per_clip: scored frames per clip (self) and driving frames per pair (cross); None = all.
+        identity_every: identity descriptors on every N-th scored frame (dlib costs ~90 ms a face).
+        cross: run cross-reenactment.
+        cross_drivers: driving clips per cross-reenactment photo.
+        clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
+        region_margin: growth of the mouth / eye masks, in inter-ocular distances.
+        device: torch device of the renderers.
+        sheet_frames: columns (frames) per row of the contact sheet.
+        sheet_thumb: side of a contact-sheet thumbnail in pixels.
+        progress: show a progress bar (stderr).
+    """
+
+    data: Path
+    split: str = "val"
+    renderers: tuple[str, ...] = ("source", "mesh")
+    size: int = 256
+    max_frames_per_clip: int | None = None
+    identity_every: int = 5
+    cross: bool = True
+    cross_drivers: int = 2
+    clip_ids: tuple[str, ...] | None = None
+    image_ids: tuple[str, ...] | None = None
+    region_margin: float = 0.1
+    device: str = "cpu"
+    sheet_frames: int = 6
+    sheet_thumb: int = 96
+    progress: bool = False
+    flow: metrics.FlowConfig = field(default_factory=metrics.FlowConfig)
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.renderers = tuple(dict.fromkeys(self.renderers))
+        unknown = [r for r in self.renderers if r not in RENDERER_NAMES]
+        if unknown or not self.renderers:
+            raise AvatarError(f"unknown renderer {', '.join(unknown) or '(none)'}; choose from {', '.join(RENDERER_NAMES)}")
+        if self.size not in (256, 512):
+            raise AvatarError(f"--size must be 256 or 512, got {self.size}")
+        if self.max_frames_per_clip is not None and self.max_frames_per_clip < 2:
+            raise AvatarError(f"--max-frames-per-clip must be >= 2, got {self.max_frames_per_clip}")
+        if self.identity_every < 1 or self.cross_drivers < 1:
+            raise AvatarError("--identity-every and --cross-drivers must be >= 1")
+
+    def describe(self) -> dict[str, object]:
+        """The options that determine the numbers, JSON-ready."""
+        return {
+            "data": str(self.data), "split": self.split, "renderers": list(self.renderers), "size": self.size,
+            "max_frames_per_clip": self.max_frames_per_clip, "identity_every": self.identity_every,
+            "cross": self.cross, "cross_drivers": self.cross_drivers,
+            "clip_ids": None if self.clip_ids is None else list(self.clip_ids),
+            "image_ids": None if self.image_ids is None else list(self.image_ids),
+            "region_margin": self.region_margin, "device": self.device, "flow": dict(self.flow.__dict__),
+            "same_person_threshold": SAME_PERSON_THRESHOLD,
+        }
+
+
+@dataclass
+class SheetRow:
+    """One row of the contact sheet: a label and ``(T, T, 3) uint8`` thumbnails."""
+
+    label: str
+    frames: list[np.ndarray]
+
+
+@dataclass
+class SequenceReport:
+    """Scores of one self-reenactment clip or one cross-reenactment (photo, driver) pair.
+
+    Attributes:
+        kind: ``"self"`` or ``"cross"``.
+        item: clip id (self) or ``"<image id>/<driver clip id>"`` (cross).
+        info: identities, source frame, frame counts.
+        metrics: renderer -> metric key -> value (``nan`` where nothing could be scored).
+        sheet: contact-sheet rows (ground truth or driver first, then one per renderer).
+    """
+
+    kind: str
+    item: str
+    info: dict[str, object]
+    metrics: dict[str, dict[str, float]]
+    sheet: list[SheetRow]
+
+
+@dataclass
+class Failure:
+    """An item excluded from the report, and why."""
+
+    kind: str
+    item: str
+    reason: str
+
+
+@dataclass
+class EvalResult:
+    """Everything one evaluation produced (see :mod:`avatar_engine.eval.report` for the files)."""
+
+    config: EvalConfig
+    self_reports: list[SequenceReport]
+    cross_reports: list[SequenceReport]
+    failures: list[Failure]
+
+    def aggregate(self, kind: str) -> dict[str, dict[str, float]]:
+        """renderer -> metric -> mean over the clips (``kind="self"``) or pairs (``"cross"``)."""
+        reports = self.self_reports if kind == "self" else self.cross_reports
+        keys = [k for k, _ in (SELF_METRICS if kind == "self" else CROSS_METRICS)]
+        out: dict[str, dict[str, float]] = {}
+        for name in self.config.renderers:
+            out[name] = {k: _mean([r.metrics[name][k] for r in reports]) for k in keys}
+        return out
+
+
+def _mean(values: list[float]) -> float:
+    """Mean of the non-nan values (``inf`` propagates); ``nan`` when there are none."""
+    kept = [float(v) for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+class _Series:
+    """Per-frame values of one renderer on one sequence, and a few counters."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.prev: np.ndarray | None = None
+
+    def add(self, key: str, value: float) -> None:
+        self.values.setdefault(key, []).append(float(value))
+
+    def mean(self, key: str) -> float:
+        return _mean(self.values.get(key, []))
+
+
+def _thumb(image: np.ndarray, side: int) -> np.ndarray:
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _sheet_indices(total: int, columns: int) -> set[int]:
+    """``columns`` evenly spaced indices in ``[0, total)``."""
+    if total <= 0:
+        return set()
+    return {int(round(i)) for i in np.linspace(0, total - 1, min(columns, total))}
+
+
+class _Evaluator:
+    """Holds the shared detectors, encoder and renderers of one run."""
+
+    def __init__(self, config: EvalConfig, stack: contextlib.ExitStack):
+        self.config = config
+        self.detector = stack.enter_context(LandmarkDetector(LandmarkConfig(), static=True))
+        self.identity = IdentityEncoder(IdentityConfig())
+        self.renderers: dict[str, Renderer] = {n: create_renderer(n, config.device) for n in config.renderers}
+        self._source_ids: dict[str, np.ndarray | None] = {}
+
+    def _reenactors(self, stack: contextlib.ExitStack, source: SourceFace) -> dict[str, Reenactor]:
+        return {name: stack.enter_context(Reenactor(source, r, ReenactConfig(paste_back=False)))
+                for name, r in self.renderers.items()}
+
+    def _pose(self, series: _Series, out_pts: np.ndarray, ref: np.ndarray) -> None:
+        series.add("expression_error", metrics.expression_error(out_pts, ref))
+        for axis, err in zip(("yaw_error", "pitch_error", "roll_error"), metrics.pose_error_deg(out_pts, ref)):
+            series.add(axis, err)
+
+    def self_reenactment(self, clip: ClipEntry) -> SequenceReport:
+        """Score every renderer on one clip (see the module docstring)."""
+        cfg = self.config
+        frames = iter_frames(clip.path)
+        source_index = -1
+        for rgb, t in frames:
+            source_index += 1
+            if self.detector.detect(rgb) is not None:
+                break
+        else:
+            raise NoFaceError(f"no face in any of the {source_index + 1} frames")
+        source = prepare_source(rgb, SourceConfig(size=cfg.size, max_side=max(rgb.shape[:2])))
+        neutral = source.crop.to_image(source.landmarks)
+        planned = probe_video(clip.path).frames - source_index - 1
+        if cfg.max_frames_per_clip is not None:
+            planned = min(planned, cfg.max_frames_per_clip)
+        shown = _sheet_indices(planned, cfg.sheet_frames)
+        series = {name: _Series() for name in cfg.renderers}
+        gt_series = _Series()
+        sheet = [SheetRow(f"{clip.clip_id} GT", [])] + [SheetRow(f"{clip.clip_id} {n}", []) for n in cfg.renderers]
+        n = gt_no_face = driving_no_face = 0
+        with contextlib.ExitStack() as stack:
+            reenactors = self._reenactors(stack, source)
+            for r in reenactors.values():
+                r.set_neutral(neutral)
+                r.step(rgb, t)  # the source frame: starts the tracker, not scored
+            for rgb, t in frames:
+                if cfg.max_frames_per_clip is not None and n >= cfg.max_frames_per_clip:
+                    break
+                gt = source.crop.crop_image(rgb)
+                gt_pts = self.detector.detect(gt)
+                gt_no_face += gt_pts is None
+                masks = None if gt_pts is None else metrics.region_masks(gt_pts, gt.shape[:2], cfg.region_margin)
+                if gt_series.prev is not None:
+                    gt_series.add("flicker", metrics.warp_error(gt_series.prev, gt, cfg.flow))
+                gt_series.prev = gt
+                id_frame = n % cfg.identity_every == 0
+                gt_id = self.identity.embed(gt, gt_pts) if id_frame and gt_pts is not None else None
+                src_id = self._source_id(source) if id_frame else None
+                if n in shown:
+                    sheet[0].frames.append(_thumb(gt, cfg.sheet_thumb))
+                for k, (name, reenactor) in enumerate(reenactors.items()):
+                    res = reenactor.step(rgb, t)
+                    if k == 0:
+                        driving_no_face += not res.face_found
+                    out, s = res.crop, series[name]
+                    s.add("mse", metrics.mse(out, gt))
+                    s.add("ssim", metrics.ssim(out, gt))
+                    if s.prev is not None:
+                        s.add("flicker", metrics.warp_error(s.prev, out, cfg.flow))
+                    s.prev = out
+                    if n in shown:
+                        sheet[k + 1].frames.append(_thumb(out, cfg.sheet_thumb))
+                    if gt_pts is None and not id_frame:
+                        continue
+                    out_pts = self.detector.detect(out)
+                    if gt_pts is not None and masks is not None:
+                        s.add("l1_mouth", metrics.masked_l1(out, gt, masks["mouth"]))
+                        s.add("l1_eyes", metrics.masked_l1(out, gt, masks["eyes"]))
+                        s.add("output_no_face", out_pts is None)
+                        if out_pts is not None:
+                            self._pose(s, out_pts, gt_pts)
+                    if id_frame and out_pts is not None:
+                        out_id = self.identity.embed(out, out_pts)
+                        if out_id is not None and gt_id is not None:
+                            d = self.identity.distance(out_id, gt_id)
+                            s.add("identity_gt", d)
+                            s.add("same_person_gt", d < SAME_PERSON_THRESHOLD)
+                        if out_id is not None and src_id is not None:
+                            s.add("identity_source", self.identity.distance(out_id, src_id))
+                n += 1
+        if n < 2:
+            raise NoFaceError(f"only {n} frame(s) after the first face frame; need 2")
+        flicker_gt = gt_series.mean("flicker")
+        scores: dict[str, dict[str, float]] = {}
+        for name, s in series.items():
+            flicker = s.mean("flicker")
+            scores[name] = {
+                "psnr": metrics.psnr_from_mse(s.mean("mse")),
+                **{k: s.mean(k) for k in ("ssim", "l1_mouth", "l1_eyes", "identity_gt", "same_person_gt",
+                                          "identity_source", "expression_error", "yaw_error", "pitch_error",
+                                          "roll_error", "output_no_face")},
+                "flicker": flicker,
+                "flicker_gt": flicker_gt,
+                "flicker_ratio": flicker / flicker_gt if flicker_gt > 0 else math.nan,
+            }
+        info = {"identity": clip.identity, "source_frame": source_index, "frames": n, "gt_no_face": gt_no_face,
+                "driving_no_face": driving_no_face}
+        return SequenceReport("self", clip.clip_id, info, scores, sheet)
+
+    def _source_id(self, source: SourceFace) -> np.ndarray | None:
+        """The descriptor of a source's crop (memoised per source).
+
+        Its landmarks are detected on the crop, like those of the outputs, so that the ``source``
+        renderer scores an identity distance of exactly 0.
+        """
+        if source.key not in self._source_ids:
+            points = self.detector.detect(source.crop_image)
+            self._source_ids[source.key] = None if points is None else self.identity.embed(source.crop_image, points)
+        return self._source_ids[source.key]
+
+    def cross_reenactment(self, image: ImageEntry, source: SourceFace, driver: ClipEntry) -> SequenceReport:
+        """Drive one photo with one clip with every renderer (see the module docstring)."""
+        cfg = self.config
+        src_id = self._source_id(source)
+        if src_id is None:
+            raise NoFaceError("dlib finds no face in the source crop")
+        planned = probe_video(driver.path).frames
+        if cfg.max_frames_per_clip is not None:
+            planned = min(planned, cfg.max_frames_per_clip)
+        shown = _sheet_indices(planned, cfg.sheet_frames)
+        item = f"{image.image_id}/{driver.clip_id}"
+        sheet = [SheetRow(f"{item} driver", [])] + [SheetRow(f"{item} {n}", []) for n in cfg.renderers]
+        series = {name: _Series() for name in cfg.renderers}
+        n = driving_no_face = 0
+        driver_crop = None
+        with contextlib.ExitStack() as stack:
+            reenactors = self._reenactors(stack, source)
+            for rgb, t in iter_frames(driver.path, cfg.max_frames_per_clip):
+                id_frame = n % cfg.identity_every == 0
+                results = {name: r.step(rgb, t) for name, r in reenactors.items()}
+                first = next(iter(results.values()))
+                driving_no_face += not first.face_found
+                if driver_crop is None and first.driving is not None:
+                    driver_crop = crop_from_landmarks(first.driving, CropConfig(size=cfg.sheet_thumb))
+                if n in shown:
+                    sheet[0].frames.append(driver_crop.crop_image(rgb) if driver_crop is not None
+                                           else _thumb(rgb, cfg.sheet_thumb))
+                for k, (name, res) in enumerate(results.items()):
+                    s = series[name]
+                    out = res.crop
+                    if n in shown:
+                        sheet[k + 1].frames.append(_thumb(out, cfg.sheet_thumb))
+                    if not res.face_found and not id_frame:
+                        continue
+                    out_pts = self.detector.detect(out)
+                    if res.face_found:
+                        s.add("output_no_face", out_pts is None)
+                        if out_pts is not None:
+                            self._pose(s, out_pts, res.target)
+                    if id_frame and out_pts is not None:
+                        out_id = self.identity.embed(out, out_pts)
+                        if out_id is not None:
+                            d = self.identity.distance(out_id, src_id)
+                            s.add("identity_source", d)
+                            s.add("same_person_source", d < SAME_PERSON_THRESHOLD)
+                n += 1
+        if n == driving_no_face:
+            raise NoFaceError(f"no face in any of the {n} driving frames")
+        keys = [k for k, _ in CROSS_METRICS]
+        scores = {name: {k: s.mean(k) for k in keys} for name, s in series.items()}
+        info = {"image": image.image_id, "identity": image.identity, "driver": driver.clip_id,
+                "driver_identity": driver.identity, "frames": n, "driving_no_face": driving_no_face}
+        return SequenceReport("cross", item, info, scores, sheet)
+
+
+def _select(dataset: EvalDataset, config: EvalConfig) -> tuple[list[ClipEntry], list[ImageEntry], list[ClipEntry]]:
+    clips = list(dataset.clips)
+    if config.clip_ids is not None:
+        known = {c.clip_id for c in clips}
+        missing = [c for c in config.clip_ids if c not in known]
+        if missing:
+            raise AvatarError(f"clip(s) {', '.join(missing)} not in the {config.split} split of {dataset.root}")
+        clips = [c for c in clips if c.clip_id in config.clip_ids]
+    images: list[ImageEntry] = []
+    drivers: list[ClipEntry] = []
+    if config.cross:
+        images = list(dataset.cross_sources())
+        if config.image_ids is not None:
+            known = {i.image_id for i in images}
+            missing = [i for i in config.image_ids if i not in known]
+            if missing:
+                raise AvatarError(f"image(s) {', '.join(missing)} are not cross-reenactment sources of the "
+                                  f"{config.split} split (photos of identities without clips)")
+            images = [i for i in images if i.image_id in config.image_ids]
+        drivers = list(dataset.cross_drivers(config.cross_drivers))
+    if not clips and not images:
+        raise AvatarError(f"nothing to evaluate in the {config.split!r} split of {dataset.root}")
+    return clips, images, drivers
+
+
+def run_evaluation(config: EvalConfig) -> EvalResult:
+    """Evaluate ``config.renderers`` on ``config.split`` of ``config.data``.
+
+    Raises:
+        AvatarError: bad options or data folder. Failures of single clips / photos do not raise:
+        they are logged and listed in :attr:`EvalResult.failures`.
+    """
+    dataset = load_dataset(config.data, config.split)
+    clips, images, drivers = _select(dataset, config)
+    result = EvalResult(config, [], [], [])
+
+    def fail(kind: str, item: str, exc: Exception) -> None:
+        reason = str(exc) or type(exc).__name__
+        log.warning("eval: %s %s excluded: %s", kind, item, reason)
+        result.failures.append(Failure(kind, item, reason))
+
+    total = len(clips) + len(images) * len(drivers)
+    with contextlib.ExitStack() as stack:
+        evaluator = _Evaluator(config, stack)
+        bar = stack.enter_context(tqdm(total=total, unit="item", desc="eval", disable=not config.progress))
+        for clip in clips:
+            bar.set_postfix_str(clip.clip_id)
+            try:
+                result.self_reports.append(evaluator.self_reenactment(clip))
+            except AvatarError as exc:
+                fail("self", clip.clip_id, exc)
+            bar.update(1)
+        for image in images:
+            try:
+                source = prepare_source(image.path, SourceConfig(size=config.size))
+            except AvatarError as exc:
+                for driver in drivers:
+                    fail("cross", f"{image.image_id}/{driver.clip_id}", exc)
+                bar.update(len(drivers))
+                continue
+            for driver in drivers:
+                bar.set_postfix_str(f"{image.image_id}/{driver.clip_id}")
+                try:
+                    result.cross_reports.append(evaluator.cross_reenactment(image, source, driver))
+                except AvatarError as exc:
+                    fail("cross", f"{image.image_id}/{driver.clip_id}", exc)
+                bar.update(1)
+    return result
