@@ -92,7 +92,104 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0 if result.self_reports or result.cross_reports else 1
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_render, _add_eval)
+def _size_arg(text: str) -> tuple[int, int]:
+    """``"1280x720"`` -> ``(1280, 720)``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 1280x720), got {text!r}") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"size must be even and at least 16x16, got {text!r}")
+    return w, h
+
+
+def _add_start(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "start", help="live: your webcam drives the avatar; preview window + virtual camera",
+        description="Animate --source live from a webcam (or a video played as one). The avatar goes to a virtual "
+                    "camera (pick \"Avatar Cam\" / \"OBS Virtual Camera\" in Zoom, Teams or Meet), a preview "
+                    "window and optionally a recording. Preview hotkeys: C recalibrate the neutral pose, S stats, "
+                    "P pause, T passthrough (your real camera), Q/Esc quit. Ctrl-C stops cleanly (exit status 0).",
+        epilog="Set up the virtual camera first: avatar-engine doctor")
+    p.add_argument("--source", required=True, type=Path, help="portrait photo (png/jpg)")
+    g = p.add_argument_group("camera")
+    g.add_argument("--camera", default="0",
+                   help="webcam index, or a video file played as the camera (default: %(default)s)")
+    g.add_argument("--width", type=int, default=None, help="capture width (file: resize to it)")
+    g.add_argument("--height", type=int, default=None, help="capture height (file: resize to it)")
+    g.add_argument("--fps", type=float, default=None, help="capture frame rate (file: playing rate; default its own)")
+    g.add_argument("--loop", action="store_true", help="replay a video file camera when it ends")
+    g.add_argument("--no-realtime", dest="realtime", action="store_false",
+                   help="play a video file as fast as it is processed (benchmarks, tests); output is unpaced")
+    g = p.add_argument_group("avatar")
+    g.add_argument("--renderer", default="mesh", choices=RENDERER_CHOICES, help="renderer (default: %(default)s)")
+    g.add_argument("--size", type=int, default=256, choices=(256, 512),
+                   help="face-crop resolution (default: %(default)s)")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                   help="output the face crop only, not the whole photo")
+    g.add_argument("--expression-scale", type=float, default=1.0, help="scale of transferred expressions")
+    g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="skip the 'look at the camera' step (the first face frame becomes the neutral pose)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--no-preview", dest="preview", action="store_false", help="no preview window")
+    g.add_argument("--virtual-camera", action=argparse.BooleanOptionalAction, default=True,
+                   help="send the avatar to the virtual camera (default: on)")
+    g.add_argument("--vcam-size", type=_size_arg, default=(1280, 720), metavar="WxH",
+                   help="virtual camera frame size (default: 1280x720)")
+    g.add_argument("--vcam-device", default=None, help="virtual camera device (e.g. /dev/video10; default: any)")
+    g.add_argument("--vcam-backend", default=None, help="pyvirtualcam backend (default: the first that works)")
+    g.add_argument("--mirror", action="store_true", help="mirror the virtual camera image left-right")
+    g.add_argument("--output-fps", type=float, default=30.0,
+                   help="frame rate of the virtual camera and the recording (default: %(default)s)")
+    g.add_argument("--output", type=Path, default=None, help="also record the session to this mp4")
+    g.add_argument("--stats", action="store_true", help="start with the stats overlay shown (S toggles)")
+    g = p.add_argument_group("run length (headless runs, tests, benchmarks)")
+    g.add_argument("--max-frames", type=int, default=None, help="stop after N processed camera frames")
+    g.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.set_defaults(run=_run_start)
+
+
+def _run_start(args: argparse.Namespace) -> int:
+    from runtime.engine import LiveConfig, LiveEngine
+    from runtime.sinks import VirtualCameraConfig
+
+    from .reenact import ReenactConfig
+    from .retarget import RetargetConfig
+
+    vcam = VirtualCameraConfig(width=args.vcam_size[0], height=args.vcam_size[1], mirror=args.mirror,
+                               backend=args.vcam_backend, device=args.vcam_device)
+    config = LiveConfig(
+        source=args.source, camera=args.camera, camera_width=args.width, camera_height=args.height,
+        camera_fps=args.fps, loop=args.loop, realtime=args.realtime, renderer=args.renderer, size=args.size,
+        device=args.device, threads=args.threads, paste_back=args.paste_back, preview=args.preview,
+        virtual_camera=args.virtual_camera, vcam=vcam, output=args.output, output_fps=args.output_fps,
+        calibrate=args.calibrate, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
+        reenact=ReenactConfig(retarget=RetargetConfig(expression_scale=args.expression_scale)))
+    report = LiveEngine(config).run()
+    print(report.summary())
+    return 0
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check this machine for live use; virtual camera setup steps",
+                       description="Report Python/torch/mediapipe/OpenCV versions, the display, cameras, GPU and "
+                                   "whether a virtual camera opens, then print the virtual-camera setup steps "
+                                   "for this OS. Exit status 1 when a live session cannot run.")
+    p.set_defaults(run=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from runtime.doctor import format_report, run_checks
+
+    checks = run_checks()
+    print(format_report(checks))
+    essential = {"python", "torch", "mediapipe"}
+    return 1 if any(c.status == "fail" and c.name in essential for c in checks) else 0
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_render, _add_eval, _add_start, _add_doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,620 @@
+"""The live engine behind ``avatar-engine start``: webcam in, avatar out, in real time.
+
+Three threads joined by latest-value slots (:class:`~runtime.slots.LatestSlot`), so a slow stage
+drops stale frames instead of queueing them::
+
+    capture thread --Frame--> processing thread --_Result--> output loop (calling thread)
+    (camera.read)             (Reenactor.step:              (virtual camera, recording,
+                               landmarks, retarget,          preview window + hotkeys)
+                               render, paste-back)
+
+Every frame carries its capture time (``time.monotonic()``), and the output loop measures
+capture-to-output latency when it sends the avatar made from that frame.
+
+Output pacing: with a real-time camera the output loop sends each new avatar frame as soon as it
+is ready (at most ``output_fps``), and repeats the last one whenever no new frame came for one
+period (camera reconnecting, paused, a slow frame), so the virtual camera never stalls. The
+recording follows the wall clock at ``output_fps``. With ``realtime=False`` (a file played as fast
+as it is processed: tests, benchmarks) every processed frame is output exactly once, unpaced.
+
+Session start: the driver's neutral pose is taken by a short "look at the camera" step
+(:mod:`runtime.neutral`; the avatar shows the source's neutral pose meanwhile). Hotkeys in the
+preview (also available as :meth:`LiveEngine.command`): C recalibrate, S stats overlay, P pause
+(freeze the avatar), T passthrough (send the real camera), Q/Esc quit. Ctrl-C (SIGINT), SIGTERM and
+closing the window stop the session cleanly: the threads end, the camera, the virtual camera and
+the recording are released/finished, and :meth:`LiveEngine.run` returns a :class:`LiveReport`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatar_engine.errors import AvatarError
+from avatar_engine.reenact import ReenactConfig, Reenactor
+from avatar_engine.renderers import create_renderer
+from avatar_engine.source import SourceConfig, SourceFace, prepare_source
+
+from .capture import CameraSource, CaptureConfig, CaptureThread, open_camera
+from .neutral import NeutralCalibrator, NeutralConfig
+from .overlay import HOTKEY_HELP, draw_banner, draw_guide, draw_inset, draw_points, draw_stats
+from .sinks import (PreviewWindow, RecorderSink, VirtualCameraConfig, VirtualCameraError, VirtualCameraSink,
+                    display_available)
+from .slots import Frame, LatestSlot, SlotClosed
+from .stats import LiveStats
+
+__all__ = ["LiveConfig", "LiveReport", "LiveEngine", "COMMANDS", "HOTKEYS"]
+
+log = logging.getLogger("avatar_engine")
+
+COMMANDS = ("recalibrate", "stats", "pause", "passthrough", "quit")
+"""What :meth:`LiveEngine.command` accepts (pause and passthrough toggle)."""
+
+HOTKEYS = {ord("c"): "recalibrate", ord("s"): "stats", ord("p"): "pause", ord(" "): "pause",
+           ord("t"): "passthrough", ord("q"): "quit", 27: "quit"}
+"""Preview-window keys (lower case; upper case works too) -> command."""
+
+_MAX_CONSECUTIVE_ERRORS = 25
+
+
+@dataclass
+class LiveConfig:
+    """Options of a live session (``avatar-engine start``).
+
+    Attributes:
+        source: portrait photo (path, or ``(H, W, 3) uint8`` RGB).
+        camera: device index, video file path (played as a camera), or a :class:`CameraSource`.
+        camera_width, camera_height, camera_fps: capture format (device) / resize and playing rate (file);
+            None = the device default / the file's own.
+        loop: replay a video file camera when it ends. realtime: play a file camera at its frame rate
+            (False: as fast as frames are processed, nothing dropped, output unpaced).
+        renderer: renderer name (``avatar_engine.renderers.RENDERER_NAMES``). size: face-crop side (256/512).
+        device: torch device. threads: torch intra-op threads (None: torch's default).
+        paste_back: output the whole source photo with the face pasted back (False: the face crop).
+        preview: show the preview window (skipped with a warning when there is no display).
+        virtual_camera: send to a virtual camera. vcam: its size, mirror, backend, device.
+        output: record the output to this video file. output_fps: rate of the virtual camera and recording.
+        calibrate: take the neutral pose with the "look at the camera" step (False: the first frame
+            with a face is the neutral). neutral: criteria of that step.
+        stats_overlay: start with the stats overlay shown.
+        max_frames: stop after this many processed camera frames. duration_s: stop after this many seconds.
+        capture: camera reconnection policy. reenact: driving pipeline options.
+        handle_signals: turn SIGINT/SIGTERM into a clean stop (only when run from the main thread).
+    """
+
+    source: str | Path | np.ndarray
+    camera: str | int | CameraSource = 0
+    camera_width: int | None = None
+    camera_height: int | None = None
+    camera_fps: float | None = None
+    loop: bool = False
+    realtime: bool = True
+    renderer: str = "mesh"
+    size: int = 256
+    device: str = "cpu"
+    threads: int | None = None
+    paste_back: bool = True
+    preview: bool = True
+    virtual_camera: bool = True
+    vcam: VirtualCameraConfig = field(default_factory=VirtualCameraConfig)
+    output: Path | None = None
+    output_fps: float = 30.0
+    calibrate: bool = True
+    neutral: NeutralConfig = field(default_factory=NeutralConfig)
+    stats_overlay: bool = False
+    max_frames: int | None = None
+    duration_s: float | None = None
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    reenact: ReenactConfig = field(default_factory=ReenactConfig)
+    handle_signals: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size not in (256, 512):
+            raise ValueError(f"size must be 256 or 512, got {self.size}")
+        if self.output_fps <= 0:
+            raise ValueError(f"output_fps must be > 0, got {self.output_fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+
+
+@dataclass
+class LiveReport:
+    """What a live session did.
+
+    Attributes:
+        stop_reason: ``"interrupted"`` (Ctrl-C/SIGTERM), ``"quit"`` (hotkey/command), ``"window closed"``,
+            ``"camera ended"`` (a file camera reached its end), ``"max frames"``, ``"duration"``.
+        seconds: wall time of the live loop.
+        frames_captured: camera frames read. frames_processed: frames turned into avatar frames
+            (or passed through). frames_no_face: processed frames without a face.
+        frames_output: new frames sent out. frames_repeated: repeats of the last frame (pacing).
+        dropped_camera: camera frames never processed (processing was busy). dropped_output: processed
+            frames superseded before output.
+        fps: processed frames per second (steady state: first to last processed frame).
+        latency_p50_ms, latency_p99_ms, latency_mean_ms: capture-to-output latency of new frames.
+        stage_ms: mean per-stage processing time.
+        reconnects: times the camera came back after failing.
+        calibrated: the neutral pose was taken by the calibration step.
+        virtual_camera: the device frames went to ("" if none). virtual_camera_frames: frames sent.
+        virtual_camera_error: why the virtual camera did not open (None if it did or was not asked for).
+        recording: the file written (None if none). recording_frames: its frames.
+        preview: whether the preview window was shown.
+    """
+
+    stop_reason: str
+    seconds: float
+    frames_captured: int
+    frames_processed: int
+    frames_no_face: int
+    frames_output: int
+    frames_repeated: int
+    dropped_camera: int
+    dropped_output: int
+    fps: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_mean_ms: float
+    stage_ms: dict[str, float]
+    reconnects: int
+    calibrated: bool
+    virtual_camera: str
+    virtual_camera_frames: int
+    virtual_camera_error: str | None
+    recording: Path | None
+    recording_frames: int
+    preview: bool
+
+    def summary(self) -> str:
+        """A few human-readable lines for the end of a session."""
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stage_ms.items())
+        lines = [f"stopped ({self.stop_reason}) after {self.seconds:.1f} s: {self.frames_processed} frames at "
+                 f"{self.fps:.1f} fps, capture-to-output latency p50 {self.latency_p50_ms:.0f} ms / "
+                 f"p99 {self.latency_p99_ms:.0f} ms, dropped {self.dropped_camera} camera frames, "
+                 f"{self.frames_no_face} without a face, {self.reconnects} camera reconnects",
+                 f"per-stage ms: {stages}"]
+        if self.virtual_camera:
+            lines.append(f"virtual camera {self.virtual_camera}: {self.virtual_camera_frames} frames sent")
+        if self.recording is not None:
+            lines.append(f"recorded {self.recording}: {self.recording_frames} frames")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Result:
+    """One processed frame, from the processing thread to the output loop.
+
+    Attributes:
+        avatar: ``(H, W, 3) uint8`` RGB frame for the virtual camera and recording.
+        camera: ``(h, w, 3) uint8`` RGB driving frame. driving: its landmarks ``(478, 3)`` or None.
+        index, t_capture: of the camera frame. face_found: the driving frame had a face.
+        guide: ``(box, ok, progress, hint)`` while the neutral is being taken, else None.
+    """
+
+    avatar: np.ndarray
+    camera: np.ndarray
+    driving: np.ndarray | None
+    index: int
+    t_capture: float
+    face_found: bool
+    guide: tuple[tuple[int, int, int, int], bool, float, str] | None
+
+
+class LiveEngine:
+    """Runs one live session. ``LiveEngine(config).run()`` blocks until the session stops.
+
+    Args:
+        config: session options.
+    """
+
+    def __init__(self, config: LiveConfig):
+        self.config = config
+        self.stats = LiveStats()
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._recalibrate = threading.Event()
+        self._mode = "avatar"  # "avatar" | "paused" | "passthrough"
+        self._show_stats = config.stats_overlay
+        self._calibrated = False
+        self._fatal: BaseException | None = None
+        self._t_first_processed: float | None = None
+        self._t_last_processed: float | None = None
+
+    # ----------------------------------------------------------------------------------------- control
+    def command(self, name: str) -> None:
+        """Apply a hotkey command from any thread: one of :data:`COMMANDS`."""
+        if name == "recalibrate":
+            self._recalibrate.set()
+            log.info("re-taking the neutral pose: look at the camera")
+        elif name == "stats":
+            self._show_stats = not self._show_stats
+        elif name == "pause":
+            self._mode = "avatar" if self._mode == "paused" else "paused"
+            log.info("paused: the avatar is frozen" if self._mode == "paused" else "resumed")
+        elif name == "passthrough":
+            self._mode = "avatar" if self._mode == "passthrough" else "passthrough"
+            log.info("passthrough: sending your real camera" if self._mode == "passthrough"
+                     else "back to the avatar")
+        elif name == "quit":
+            self.stop("quit")
+        else:
+            raise ValueError(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+
+    def stop(self, reason: str = "quit") -> None:
+        """End the session (from any thread); :meth:`run` returns shortly after."""
+        if not self._stop_reason:
+            self._stop_reason = reason
+        self._stop.set()
+
+    @property
+    def mode(self) -> str:
+        """``"avatar"``, ``"paused"`` or ``"passthrough"``."""
+        return self._mode
+
+    # ----------------------------------------------------------------------------------------- session
+    def run(self) -> LiveReport:
+        """Run the session until it stops; release everything; report.
+
+        Raises:
+            CameraError: the camera is missing at start (the message lists the cameras found).
+            AvatarError: unusable source photo; the virtual camera failed and there is no other output.
+        """
+        import torch
+
+        cfg = self.config
+        old_threads = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        camera = cfg.camera if isinstance(cfg.camera, CameraSource) else open_camera(
+            cfg.camera, cfg.camera_width, cfg.camera_height, cfg.camera_fps, cfg.loop, cfg.realtime)
+        restore_signals = self._install_signal_handlers()
+        capture: CaptureThread | None = None
+        processor: threading.Thread | None = None
+        reenactor: Reenactor | None = None
+        sinks = _Sinks()
+        try:
+            camera.open()
+            source = prepare_source(cfg.source, SourceConfig(size=cfg.size))
+            renderer = create_renderer(cfg.renderer, cfg.device)
+            reenactor = Reenactor(source, renderer, cfg.reenact)
+            neutral_frame = self._neutral_frame(source, renderer)
+            sinks.open(cfg, neutral_frame.shape[1::-1])
+            log.info("live: %s -> %s renderer at %d px -> %s", camera.name, cfg.renderer, cfg.size, sinks.describe())
+            if sinks.preview is not None:
+                log.info("hotkeys: %s", HOTKEY_HELP)
+
+            cam_slot: LatestSlot[Frame] = LatestSlot()
+            out_slot: LatestSlot[_Result] = LatestSlot()
+            capture = CaptureThread(camera, cam_slot, cfg.capture)
+            processor = threading.Thread(target=self._process_loop, name="processing", daemon=True,
+                                         args=(cam_slot, out_slot, reenactor, neutral_frame))
+            t_start = time.monotonic()
+            capture.start()
+            processor.start()
+            self._output_loop(out_slot, sinks, capture, neutral_frame, t_start)
+            seconds = time.monotonic() - t_start
+        finally:
+            self._stop.set()
+            if capture is not None:
+                capture.stop()
+                capture.slot.close()
+            if processor is not None:
+                processor.join(timeout=10.0)
+            if capture is not None:
+                capture.join(timeout=5.0)
+                if capture.is_alive():
+                    log.warning("%s did not stop in time; closing it anyway", camera.name)
+            camera.close()
+            if reenactor is not None:
+                reenactor.close()
+            sinks.close()
+            restore_signals()
+            if cfg.threads:
+                torch.set_num_threads(old_threads)
+        if self._fatal is not None:
+            raise self._fatal
+        return self._report(seconds, capture, camera, sinks, cam_slot, out_slot)
+
+    def _install_signal_handlers(self):
+        """SIGINT/SIGTERM -> clean stop (a second Ctrl-C interrupts at once). Returns the undo function."""
+        if not self.config.handle_signals or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            log.info("stopping (%s)...", signal.Signals(signum).name)
+            self.stop("interrupted")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore():
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _neutral_frame(self, source: SourceFace, renderer) -> np.ndarray:
+        """The avatar at the source's own pose (shown until the driver's neutral is taken)."""
+        crop = renderer.render(source, source.landmarks)
+        return source.crop.paste_back(source.image, crop) if self.config.paste_back else crop
+
+    # ----------------------------------------------------------------------------------------- threads
+    def _process_loop(self, cam_slot: LatestSlot[Frame], out_slot: LatestSlot[_Result], reenactor: Reenactor,
+                      neutral_frame: np.ndarray) -> None:
+        """Processing thread: camera frames -> avatar frames, until stopped or the camera ends."""
+        cfg = self.config
+        calibrator = NeutralCalibrator(cfg.neutral)
+        if cfg.calibrate:
+            calibrator.start()
+            log.info("look at the camera: taking your neutral pose")
+        processed = errors = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    frame = cam_slot.get(timeout=0.1)
+                except SlotClosed:
+                    self._set_end_reason("camera ended")
+                    return
+                if frame is None:
+                    continue
+                if self._recalibrate.is_set():
+                    self._recalibrate.clear()
+                    calibrator.start()
+                mode = self._mode
+                if mode == "paused":
+                    continue
+                if mode == "passthrough":
+                    out_slot.put(_Result(frame.image, frame.image, None, frame.index, frame.t_capture, True, None))
+                    self._count_processed({}, True, frame)
+                else:
+                    try:
+                        result = reenactor.step(frame.image, frame.t_capture)
+                    except Exception as exc:  # a bug must not take the meeting down: skip the frame
+                        errors += 1
+                        if errors == 1:
+                            log.exception("processing a frame failed; skipping it")
+                        if errors >= _MAX_CONSECUTIVE_ERRORS:
+                            self._fatal = RuntimeError(f"{errors} frames in a row failed to process: {exc}")
+                            self.stop("error")
+                            return
+                        continue
+                    errors = 0
+                    avatar, guide = result.frame, None
+                    if calibrator.active:
+                        h, w = frame.image.shape[:2]
+                        neutral = calibrator.feed(result.driving, (w, h), frame.t_capture)
+                        if neutral is not None:
+                            reenactor.set_neutral(neutral)
+                            self._calibrated = True
+                        else:
+                            guide = (calibrator.guide_box((w, h)), calibrator.ok, calibrator.progress,
+                                     calibrator.hint)
+                            if not self._calibrated:
+                                avatar = neutral_frame
+                    out_slot.put(_Result(avatar, frame.image, result.driving, frame.index, frame.t_capture,
+                                         result.face_found, guide))
+                    self._count_processed(result.timings_ms, result.face_found, frame)
+                processed += 1
+                if cfg.max_frames is not None and processed >= cfg.max_frames:
+                    self._set_end_reason("max frames")
+                    return
+        finally:
+            out_slot.close()
+
+    def _count_processed(self, timings_ms: dict[str, float], face_found: bool, frame: Frame) -> None:
+        now = time.monotonic()
+        if self._t_first_processed is None:
+            self._t_first_processed = now
+        self._t_last_processed = now
+        self.stats.on_processed(timings_ms, face_found, frame.index, frame.t_capture)
+
+    def _set_end_reason(self, reason: str) -> None:
+        if not self._stop_reason:
+            self._stop_reason = reason
+
+    def _output_loop(self, out_slot: LatestSlot[_Result], sinks: "_Sinks", capture: CaptureThread,
+                     neutral_frame: np.ndarray, t_start: float) -> None:
+        """Output loop (calling thread): pace, send, record, preview, hotkeys."""
+        cfg = self.config
+        paced = capture.source.realtime
+        period = 1.0 / cfg.output_fps
+        last: _Result | None = None
+        sent = neutral_frame
+        frozen: np.ndarray | None = None
+        last_send = -math.inf
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if cfg.duration_s is not None and now - t_start >= cfg.duration_s:
+                self._set_end_reason("duration")
+                break
+            if sinks.preview is not None and sinks.preview.closed_by_user:
+                self._set_end_reason("window closed")
+                break
+            timeout = 0.1 if not paced else max(0.0, last_send + period - now)
+            try:
+                item = out_slot.get(timeout=min(timeout, 0.1))
+            except SlotClosed:
+                break
+            now = time.monotonic()
+            if item is None and (not paced or now < last_send + period):
+                self._poll_preview(sinks, last, sent, capture)
+                continue
+            if item is not None and paced and now < last_send + 0.5 * period:
+                time.sleep(last_send + 0.5 * period - now)  # never faster than output_fps
+                try:
+                    item = out_slot.get(timeout=0) or item
+                except SlotClosed:
+                    pass
+            if item is not None:
+                last = item
+            if self._mode == "paused":
+                frozen = sent if frozen is None else frozen
+                frame = frozen
+            else:
+                frozen = None
+                frame = last.avatar if last is not None else neutral_frame
+            sinks.send(frame)
+            t_out = time.monotonic()
+            if sinks.recorder is not None:
+                if paced:
+                    due = int((t_out - t_start) * cfg.output_fps) + 1
+                    sinks.recorder.write(frame, max(0, due - sinks.recorder.frames_written))
+                elif item is not None:
+                    sinks.recorder.write(frame)
+            self.stats.on_output(None if item is None else (t_out - item.t_capture) * 1e3)
+            last_send = t_out
+            sent = frame
+            self._poll_preview(sinks, last, sent, capture)
+
+    def _poll_preview(self, sinks: "_Sinks", last: _Result | None, sent: np.ndarray, capture: CaptureThread) -> None:
+        """Show the preview (when there is one) and act on the key pressed."""
+        if sinks.preview is None:
+            return
+        key = sinks.preview.show(self._preview_image(last, sent, capture))
+        if key >= 0:
+            name = HOTKEYS.get(ord(chr(key).lower()) if key < 128 else key)
+            if name is not None:
+                self.command(name)
+
+    def _preview_image(self, last: _Result | None, sent: np.ndarray, capture: CaptureThread) -> np.ndarray:
+        """What the preview shows: the output (or, while calibrating, the camera with the guide) + overlays."""
+        if last is not None and last.guide is not None:
+            box, ok, progress, hint = last.guide
+            main = draw_guide(last.camera, box, ok, progress, hint)
+            if last.driving is not None:
+                main = draw_points(main, last.driving)
+            main = _preview_size(main)
+            main = draw_inset(main, sent)
+        else:
+            main = _preview_size(sent)
+            if last is not None and self._mode != "passthrough":
+                main = draw_inset(main, last.camera)
+        if capture.state == "reconnecting":
+            main = draw_banner(main, f"{capture.source.name} lost: reconnecting (the avatar holds its last frame)")
+        elif self._mode == "paused":
+            main = draw_banner(main, "PAUSED: the avatar is frozen (P to resume)")
+        elif self._mode == "passthrough":
+            main = draw_banner(main, "PASSTHROUGH: your real camera is live (T to return to the avatar)")
+        elif last is not None and not last.face_found:
+            main = draw_banner(main, "no face in view: the avatar returns to its neutral pose")
+        if self._show_stats:
+            main = draw_stats(main, self.stats.snapshot(self._dropped(capture)))
+        return main
+
+    # ----------------------------------------------------------------------------------------- report
+    def _dropped(self, capture: CaptureThread) -> int:
+        return capture.slot.dropped + int(getattr(capture.source, "skipped", 0))
+
+    def _report(self, seconds: float, capture: CaptureThread, camera: CameraSource, sinks: "_Sinks",
+                cam_slot: LatestSlot[Frame], out_slot: LatestSlot[_Result]) -> LiveReport:
+        st = self.stats
+        span = (self._t_last_processed or 0.0) - (self._t_first_processed or 0.0)
+        fps = (st.processed - 1) / span if st.processed > 1 and span > 0 else 0.0
+        return LiveReport(
+            stop_reason=self._stop_reason or "quit", seconds=seconds, frames_captured=capture.frames,
+            frames_processed=st.processed, frames_no_face=st.no_face, frames_output=st.outputs_new,
+            frames_repeated=st.outputs_repeated, dropped_camera=self._dropped(capture),
+            dropped_output=out_slot.dropped, fps=fps, latency_p50_ms=st.latency.percentile(50),
+            latency_p99_ms=st.latency.percentile(99), latency_mean_ms=st.latency.mean,
+            stage_ms=st.stages.means(), reconnects=capture.reconnects, calibrated=self._calibrated,
+            virtual_camera=sinks.vcam_device, virtual_camera_frames=sinks.vcam_frames,
+            virtual_camera_error=sinks.vcam_error, recording=sinks.recording_path,
+            recording_frames=sinks.recording_frames, preview=sinks.preview_shown)
+
+
+def _preview_size(img: np.ndarray, lo: int = 480, hi: int = 900) -> np.ndarray:
+    """``img`` scaled so that its height is within ``[lo, hi]`` (overlays stay readable)."""
+    h = img.shape[0]
+    if lo <= h <= hi:
+        return img
+    s = (lo if h < lo else hi) / h
+    return cv2.resize(img, (round(img.shape[1] * s), round(h * s)), interpolation=cv2.INTER_LINEAR)
+
+
+class _Sinks:
+    """The session's outputs: opened by :meth:`open`, all released by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.preview: PreviewWindow | None = None
+        self.vcam: VirtualCameraSink | None = None
+        self.recorder: RecorderSink | None = None
+        self.vcam_error: str | None = None
+        self.vcam_device = ""
+        self.vcam_frames = 0
+        self.recording_path: Path | None = None
+        self.recording_frames = 0
+        self.preview_shown = False
+
+    def open(self, cfg: LiveConfig, frame_size: tuple[int, int]) -> None:
+        """Open what ``cfg`` asks for; ``frame_size = (W, H)`` of the avatar frames.
+
+        Raises:
+            VirtualCameraError: the virtual camera failed and there is no preview or recording.
+        """
+        if cfg.preview:
+            if display_available():
+                self.preview = PreviewWindow()
+                self.preview.open()
+                self.preview_shown = True
+            else:
+                log.warning("no display: running without the preview window (hotkeys need it; stop with Ctrl-C)")
+        if cfg.output is not None:
+            self.recorder = RecorderSink(cfg.output, cfg.output_fps, frame_size)
+            self.recorder.open()
+            self.recording_path = Path(cfg.output)
+        if cfg.virtual_camera:
+            vcam = VirtualCameraSink(cfg.vcam, cfg.output_fps)
+            try:
+                vcam.open()
+            except VirtualCameraError as exc:
+                self.vcam_error = str(exc)
+                if self.preview is None and self.recorder is None:
+                    raise
+                log.warning("%s; the %s keeps working", exc, "preview" if self.preview is not None else "recording")
+            else:
+                self.vcam = vcam
+                self.vcam_device = vcam.device
+
+    def describe(self) -> str:
+        parts = []
+        if self.vcam is not None:
+            parts.append(f"virtual camera {self.vcam_device} ({self.vcam.config.width}x{self.vcam.config.height} "
+                         f"@ {self.vcam.fps:g} fps)")
+        if self.recorder is not None:
+            parts.append(f"recording {self.recorder.path}")
+        if self.preview is not None:
+            parts.append("preview window")
+        return ", ".join(parts) or "no output (headless run)"
+
+    def send(self, frame: np.ndarray) -> None:
+        if self.vcam is not None:
+            self.vcam.send(frame)
+
+    def close(self) -> None:
+        """Release everything; one failing sink does not keep the others open."""
+        errors = []
+        for attr in ("vcam", "recorder", "preview"):
+            sink = getattr(self, attr)
+            if sink is None:
+                continue
+            if attr == "vcam":
+                self.vcam_frames = sink.frames_sent
+            elif attr == "recorder":
+                self.recording_frames = sink.frames_written
+            try:
+                sink.close()
+            except Exception as exc:  # report, keep closing the others
+                errors.append(f"{attr}: {exc}")
+            setattr(self, attr, None)
+        if errors:
+            raise AvatarError("could not close outputs cleanly: " + "; ".join(errors))

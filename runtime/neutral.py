@@ -1,0 +1,168 @@
+"""Taking the driver's neutral pose: the "look at the camera" step of a live session.
+
+The avatar moves by how the driver's face differs from their neutral, so the neutral should be a
+relaxed, centred, still, front-facing face. :class:`NeutralCalibrator` watches the tracked landmarks
+and collects about ``duration_s`` seconds of frames in which the face is inside the guide box, of a
+sensible size, and still; the neutral is the per-point median of those frames (robust to a blink).
+If that does not happen within ``timeout_s`` of seeing a face (a user who sits off-centre, a
+talking clip), the median of the last ``duration_s`` of face frames is taken, with a warning.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatar_engine.landmarks import face_bbox
+
+__all__ = ["NeutralConfig", "NeutralCalibrator"]
+
+log = logging.getLogger("avatar_engine")
+
+
+@dataclass
+class NeutralConfig:
+    """When a frame counts as neutral-worthy.
+
+    Attributes:
+        duration_s: seconds of good frames to collect.
+        max_offset_x, max_offset_y: how far the face centre may be from the guide box centre, as a
+            fraction of the frame width / height.
+        min_height, max_height: face height as a fraction of the frame height.
+        max_speed: fastest head motion that still counts as still, in face sizes per second (median
+            landmark speed; speech with a still head is ~0.1-0.2).
+        max_drift: the face may move this far (face sizes) from where the window started; further
+            starts a new window.
+        timeout_s: after this long with a face in view, settle for the recent face frames.
+    """
+
+    duration_s: float = 1.0
+    max_offset_x: float = 0.2
+    max_offset_y: float = 0.25
+    min_height: float = 0.15
+    max_height: float = 0.95
+    max_speed: float = 0.3
+    max_drift: float = 0.08
+    timeout_s: float = 8.0
+
+
+class NeutralCalibrator:
+    """Collects a neutral pose from a stream of driving landmarks.
+
+    Usage: :meth:`start`, then :meth:`feed` every frame until it returns the neutral ``(478, 3)``.
+    :attr:`hint` and :attr:`progress` drive the overlay; :meth:`guide_box` is the box to draw.
+    """
+
+    GUIDE_CENTRE = (0.5, 0.45)
+    """Centre of the guide box as fractions of the frame (faces sit a little above the middle)."""
+
+    def __init__(self, config: NeutralConfig | None = None):
+        self.config = config or NeutralConfig()
+        self.active = False
+        self.hint = ""
+        self.ok = False
+        self._window: list[tuple[float, np.ndarray]] = []
+        self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=256)
+        self._prev: tuple[float, np.ndarray] | None = None
+        self._first_face_t: float | None = None
+
+    def start(self) -> None:
+        """Begin (or restart) collecting."""
+        self.active = True
+        self.hint = "look at the camera"
+        self.ok = False
+        self._window.clear()
+        self._recent.clear()
+        self._prev = None
+        self._first_face_t = None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of ``duration_s`` collected, in ``[0, 1]``."""
+        if len(self._window) < 2:
+            return 0.0
+        return min(1.0, (self._window[-1][0] - self._window[0][0]) / self.config.duration_s)
+
+    def guide_box(self, frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)`` pixels of the box the face should fill, for a ``(W, H)`` frame."""
+        w, h = frame_size
+        bw, bh = 0.42 * h, 0.56 * h
+        cx, cy = self.GUIDE_CENTRE[0] * w, self.GUIDE_CENTRE[1] * h
+        return int(cx - bw / 2), int(cy - bh / 2), int(cx + bw / 2), int(cy + bh / 2)
+
+    def feed(self, points: np.ndarray | None, frame_size: tuple[int, int], t: float) -> np.ndarray | None:
+        """Take one frame's driving landmarks.
+
+        Args:
+            points: ``(478, 3) float32`` landmarks in frame pixels, or None (no face).
+            frame_size: ``(W, H)`` of the driving frame.
+            t: frame time, seconds (increasing).
+        Returns:
+            The neutral ``(478, 3) float32`` when collecting is done (then :attr:`active` is False),
+            else None.
+        """
+        if not self.active:
+            return None
+        cfg = self.config
+        self.ok = False
+        if points is None:
+            self.hint = "no face: look at the camera"
+            self._window.clear()
+            self._prev = None
+            return None
+        if self._first_face_t is None:
+            self._first_face_t = t
+        self._recent.append((t, points))
+        x0, y0, x1, y1 = face_bbox(points)
+        w, h = frame_size
+        size = max(x1 - x0, y1 - y0, 1.0)
+        off_x = (x0 + x1) / 2 / w - self.GUIDE_CENTRE[0]
+        off_y = (y0 + y1) / 2 / h - self.GUIDE_CENTRE[1]
+        height = (y1 - y0) / h
+        speed = 0.0
+        if self._prev is not None and t > self._prev[0]:
+            step = np.median(np.linalg.norm(points[:, :2] - self._prev[1][:, :2], axis=1))
+            speed = float(step) / size / (t - self._prev[0])
+        self._prev = (t, points)
+
+        if abs(off_x) > cfg.max_offset_x or abs(off_y) > cfg.max_offset_y:
+            self.hint = "move your face into the box"
+            self._window.clear()
+        elif height < cfg.min_height:
+            self.hint = "come closer"
+            self._window.clear()
+        elif height > cfg.max_height:
+            self.hint = "move back a little"
+            self._window.clear()
+        elif speed > cfg.max_speed:
+            self.hint = "hold still"
+        else:
+            if self._window:
+                drift = np.abs(points[:, :2].mean(0) - self._window[0][1][:, :2].mean(0)).max() / size
+                if drift > cfg.max_drift:
+                    self._window.clear()
+            self._window.append((t, points))
+            self.ok = True
+            self.hint = "hold still: taking your neutral pose"
+            if self.progress >= 1.0:
+                return self._finish(self._window, "")
+        if t - self._first_face_t > cfg.timeout_s:
+            recent = [(ti, p) for ti, p in self._recent if ti >= t - cfg.duration_s]
+            return self._finish(recent, "could not get a centred, still face in %.0f s; "
+                                        "took the neutral from the last %.1f s (press C to retake it)"
+                                % (cfg.timeout_s, cfg.duration_s))
+        return None
+
+    def _finish(self, frames: list[tuple[float, np.ndarray]], warning: str) -> np.ndarray:
+        neutral = np.median(np.stack([p for _, p in frames]), axis=0).astype(np.float32)
+        if warning:
+            log.warning("neutral pose: %s", warning)
+        else:
+            log.info("neutral pose taken from %d frames", len(frames))
+        self.active = False
+        self.hint = ""
+        self._window.clear()
+        self._recent.clear()
+        return neutral
