@@ -5,8 +5,10 @@ its own colour (:data:`avatar_engine.topology.EDGE_COLORS`). It is the network's
 pose, so it is computed every frame of the live engine: the implementation is pure torch, batched,
 with no Python loop over edges or images, identical on CPU and GPU, and deterministic.
 
-Coordinates follow OpenCV: pixel ``(row i, col j)`` is centred at ``x = j, y = i`` (so the result
-agrees with ``cv2.line`` on the same points, see :func:`avatar_engine.topology.draw_edges_cv2`).
+Coordinates follow the project's landmark convention (mediapipe's, and ``grid_sample`` with
+``align_corners=False``): x, y are measured from the image's top-left *corner*, so pixel
+``(row i, col j)`` is centred at ``x = j + 0.5, y = i + 0.5``. The result agrees with ``cv2.line`` on
+the same points shifted by -0.5 (see :func:`avatar_engine.topology.draw_edges_cv2`).
 
 Algorithm (sparse, cost proportional to the drawn line length, not to ``E x H x W``):
 1. each segment is walked along its major axis (x if ``|dx| >= |dy|``, else y), one step per
@@ -96,6 +98,10 @@ def _edge_tensors(device: torch.device | str | None) -> tuple[torch.Tensor, torc
     return edges, colors
 
 
+PIXEL_CENTER = 0.5
+"""Landmark coordinate of the centre of pixel 0 (corner-origin convention)."""
+
+
 @torch.no_grad()
 def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
                height: int, width: int, line_width: float, antialias: bool) -> torch.Tensor:
@@ -115,7 +121,7 @@ def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
     out = _zeros(batch * 3 * pixels, device)
     if batch == 0 or num_edges == 0:
         return out.view(batch, 3, height, width)
-    pts = points[..., :2].to(torch.float32)
+    pts = points[..., :2].to(torch.float32) - PIXEL_CENTER  # corner origin -> pixel-centre origin
     if not bool(torch.isfinite(pts).all()):
         raise ValueError("points contain NaN or infinite coordinates")
 

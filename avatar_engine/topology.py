@@ -289,8 +289,9 @@ _CV2_COORD_LIMIT = float(2 ** (30 - _CV2_SHIFT))  # keep the fixed-point coordin
 def draw_edges_cv2(points: np.ndarray, size: int | tuple[int, int], thickness: int = 1) -> np.ndarray:
     """Reference drawing of the connectivity image with OpenCV (tests and debugging).
 
-    points: ``(N, 2)`` (or ``(N, 3)``, z ignored) landmark pixel coordinates, N >= 478, OpenCV
-    convention (pixel ``(row i, col j)`` is centred at ``x = j, y = i``); size: ``S`` or ``(H, W)``.
+    points: ``(N, 2)`` (or ``(N, 3)``, z ignored) landmark pixel coordinates, N >= 478, in the
+    project's corner-origin convention (pixel ``(row i, col j)`` is centred at ``x = j + 0.5,
+    y = i + 0.5``; shifted by -0.5 for OpenCV, whose pixel centres are integers); size: ``S`` or ``(H, W)``.
     Draws ``EDGES`` in order with ``cv2.line(..., lineType=cv2.LINE_AA)`` and sub-pixel endpoints
     onto a black 8-bit canvas (later edges blend over earlier ones).
     Returns ``(H, W, 3) float32`` RGB in [0, 1].
@@ -301,7 +302,7 @@ def draw_edges_cv2(points: np.ndarray, size: int | tuple[int, int], thickness: i
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[0] < NUM_LANDMARKS or pts.shape[1] not in (2, 3):
         raise ValueError(f"points must be (N>={NUM_LANDMARKS}, 2|3), got {pts.shape}")
-    fixed = np.round(np.clip(pts[:, :2], -_CV2_COORD_LIMIT, _CV2_COORD_LIMIT) * (1 << _CV2_SHIFT))
+    fixed = np.round(np.clip(pts[:, :2] - 0.5, -_CV2_COORD_LIMIT, _CV2_COORD_LIMIT) * (1 << _CV2_SHIFT))
     fixed = fixed.astype(np.int64)
     canvas = np.zeros((height, width, 3), np.uint8)
     colors = np.round(EDGE_COLORS.astype(np.float64) * 255.0)

@@ -51,6 +51,7 @@ def _dense_reference(points: np.ndarray, height: int, width: int, line_width: fl
     """
     levels = 32767
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    points = points.astype(np.float32) - np.float32(0.5)  # corner origin -> pixel centres, as in float32
     p0 = points[topo.EDGES[:, 0]].astype(np.float64)[:, None, None, :]  # (E, 1, 1, 2)
     d = points[topo.EDGES[:, 1]].astype(np.float64)[:, None, None, :] - p0
     rx, ry = xs - p0[..., 0], ys - p0[..., 1]
@@ -94,7 +95,7 @@ def test_edge_colors_at_midpoints_of_long_edges(landmarks):
     checked_groups = set()
     for e in np.argsort(-lengths)[:12]:
         mid = landmarks[topo.EDGES[e]].mean(axis=0)
-        x, y = np.round(mid).astype(int)
+        x, y = np.floor(mid).astype(int)  # the pixel containing the midpoint
         color = topo.EDGE_COLORS[e]
         pixel = ours[y, x]
         coverage = pixel.max() / color.max()
@@ -168,7 +169,7 @@ def test_points_partly_outside_the_image(landmarks):
 
 
 def test_size_512(landmarks):
-    pts512 = torch.from_numpy(landmarks * 2.0 + 0.5)[None]  # pixel centres: x512 = 2 x256 + 0.5
+    pts512 = torch.from_numpy(landmarks * 2.0)[None]  # corner-origin coordinates scale exactly
     config = RasterConfig()
     assert config.width_for_size(512) == 2.0 and config.width_for_size((512, 700)) == 2.0
     image = ConnectivityRasterizer(512, config)(pts512)
