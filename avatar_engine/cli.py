@@ -189,6 +189,12 @@ def _add_start(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_start(args: argparse.Namespace) -> int:
+    from runtime.capture import open_camera
+
+    # the camera first, before the models load: a missing camera is reported at once
+    camera = open_camera(args.camera, args.width, args.height, args.fps, args.loop, args.realtime)
+    camera.open()
+
     from runtime.engine import LiveConfig, LiveEngine
     from runtime.sinks import VirtualCameraConfig
 
@@ -198,8 +204,7 @@ def _run_start(args: argparse.Namespace) -> int:
     vcam = VirtualCameraConfig(width=args.vcam_size[0], height=args.vcam_size[1], mirror=args.mirror,
                                backend=args.vcam_backend, device=args.vcam_device)
     config = LiveConfig(
-        source=args.source, camera=args.camera, camera_width=args.width, camera_height=args.height,
-        camera_fps=args.fps, loop=args.loop, realtime=args.realtime, renderer=args.renderer, size=args.size,
+        source=args.source, camera=camera, renderer=args.renderer, size=args.size,
         device=args.device, threads=args.threads, paste_back=args.paste_back, preview=args.preview,
         virtual_camera=args.virtual_camera, vcam=vcam, output=args.output, output_fps=args.output_fps,
         calibrate=args.calibrate, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
