@@ -1,0 +1,111 @@
+"""Helpers of the WebRTC tests: a loopback-only network namespace, a y4m writer, a Chromium launcher.
+
+Network isolation: WebRTC tests must not send traffic beyond loopback. :func:`loopback_netns`
+moves the test process's main thread into a new, empty network namespace (``unshare(CLONE_NEWNET)``,
+needs root / CAP_SYS_ADMIN) where only ``lo`` exists, with 127.0.0.1 and a second loopback address
+127.0.0.2 (aioice gathers every address except 127.0.0.1, so peers then meet on 127.0.0.2, which is
+loopback too). Sockets, threads and subprocesses (Chromium) created from the main thread meanwhile
+live in that namespace; afterwards the thread returns to the original namespace. Nothing in there
+can reach another machine, whatever the code under test tries.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+CLONE_NEWNET = 0x40000000
+
+
+def netns_unavailable_reason() -> str | None:
+    """Why :func:`loopback_netns` cannot work here (None when it can)."""
+    if not os.path.exists("/proc/self/ns/net"):
+        return "no network namespaces on this system"
+    if shutil.which("ip") is None:
+        return "the `ip` tool (iproute2) is missing"
+    if os.geteuid() != 0:
+        return "isolating the network (unshare CLONE_NEWNET) needs root"
+    return None
+
+
+@contextlib.contextmanager
+def loopback_netns():
+    """Run the body with the calling thread in a fresh network namespace holding only loopback."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("loopback_netns must be entered from the main thread")
+    libc = ctypes.CDLL(None, use_errno=True)
+    original = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+        try:
+            for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "127.0.0.2/8", "dev", "lo"]):
+                subprocess.run(cmd, check=True, timeout=10, capture_output=True)
+            yield
+        finally:
+            if libc.setns(original, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the original network namespace failed")
+    finally:
+        os.close(original)
+
+
+def write_y4m(frames: list[np.ndarray], fps: int, path: Path) -> Path:
+    """Write ``(H, W, 3) uint8`` RGB frames (even sizes) as a YUV4MPEG2 file (Chromium's fake camera input)."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+            f.write(b"FRAME\n")
+            f.write(yuv.to_ndarray().tobytes())
+    return path
+
+
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@contextlib.contextmanager
+def chromium(url: str, fake_video: Path | None = None):
+    """Headless Chromium on ``url`` (fresh profile, autoplay, fake media devices); killed at the end."""
+    binary = chromium_binary()
+    assert binary is not None
+    profile = tempfile.mkdtemp(prefix="avatar-chromium-")
+    args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            "--disable-dev-shm-usage", "--mute-audio"]
+    if fake_video is not None:
+        args.append(f"--use-file-for-fake-video-capture={fake_video}")
+    proc = subprocess.Popen(args + [url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        shutil.rmtree(profile, ignore_errors=True)
