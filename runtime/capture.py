@@ -46,14 +46,16 @@ class CameraInfo:
         index: the number to pass as ``--camera``.
         path: device node (``/dev/videoN`` on Linux) or ``"index N"`` elsewhere.
         name: the driver's name for it ("Integrated Camera", "Avatar Cam", ...) or "" when unknown.
+        virtual: a virtual device (v4l2loopback: a virtual camera such as this engine's own output).
     """
 
     index: int
     path: str
     name: str
+    virtual: bool = False
 
     def __str__(self) -> str:
-        return f"{self.index} ({self.name or self.path})"
+        return f"{self.index} ({self.name or self.path}{', virtual' if self.virtual else ''})"
 
 
 def list_cameras(max_index: int = 8) -> list[CameraInfo]:
@@ -73,7 +75,8 @@ def list_cameras(max_index: int = 8) -> list[CameraInfo]:
             sysfs = Path("/sys/class/video4linux") / f"video{index}"
             if _read_text(sysfs / "index") not in ("", "0"):
                 continue
-            found.append(CameraInfo(index, node, _read_text(sysfs / "name")))
+            virtual = "/devices/virtual/" in str(sysfs.resolve())  # v4l2loopback; real cameras sit on a bus
+            found.append(CameraInfo(index, node, _read_text(sysfs / "name"), virtual))
         return sorted(found, key=lambda c: c.index)
     found = []
     for index in range(max_index):
@@ -161,8 +164,13 @@ class OpenCVCamera(CameraSource):
     def open(self) -> None:
         if self._cap is not None:
             return
-        if sys.platform.startswith("linux") and not Path(f"/dev/video{self.index}").exists():
-            raise CameraError(self._not_found_message())
+        if sys.platform.startswith("linux"):
+            info = next((c for c in list_cameras() if c.index == self.index), None)
+            if info is None:
+                raise CameraError(self._not_found_message())
+            if info.virtual:
+                raise CameraError(f"camera {self.index} is a virtual camera ({info.name or info.path}), e.g. this "
+                                  f"engine's own output; choose your webcam with --camera N; {describe_cameras()}")
         api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
         cap = cv2.VideoCapture(self.index, api)
         if not cap.isOpened():

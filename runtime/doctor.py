@@ -99,7 +99,8 @@ def _check_display() -> Check:
 def _check_cameras() -> Check:
     cams = list_cameras()
     if not cams:
-        return Check("cameras", "warn", "none found" + (" (no /dev/video*)" if sys.platform.startswith("linux") else ""),
+        where = " (no /dev/video*)" if sys.platform.startswith("linux") else ""
+        return Check("cameras", "warn", "none found" + where,
                      "connect a webcam, or play a video as the camera: avatar-engine start --camera clip.mp4")
     return Check("cameras", "ok", ", ".join(str(c) for c in cams) + " (pick one with --camera N)")
 

@@ -12,8 +12,9 @@ Every frame carries its capture time (``time.monotonic()``), and the output loop
 capture-to-output latency when it sends the avatar made from that frame.
 
 Output pacing: with a real-time camera the output loop sends each new avatar frame as soon as it
-is ready (at most ``output_fps``), and repeats the last one whenever no new frame came for one
-period (camera reconnecting, paused, a slow frame), so the virtual camera never stalls. The
+is ready (never faster than ``output_fps`` on average), and repeats the last one when no new frame
+came for 1.5 periods, then at ``output_fps`` while the stall lasts (camera reconnecting, paused, a
+slow frame), so the virtual camera never stalls. The
 recording follows the wall clock at ``output_fps``. With ``realtime=False`` (a file played as fast
 as it is processed: tests, benchmarks) every processed frame is output exactly once, unpaced.
 
@@ -45,8 +46,8 @@ from avatar_engine.source import SourceConfig, SourceFace, prepare_source
 from .capture import CameraSource, CaptureConfig, CaptureThread, open_camera
 from .neutral import NeutralCalibrator, NeutralConfig
 from .overlay import HOTKEY_HELP, draw_banner, draw_guide, draw_inset, draw_points, draw_stats
-from .sinks import (PreviewWindow, RecorderSink, VirtualCameraConfig, VirtualCameraError, VirtualCameraSink,
-                    display_available)
+from .sinks import (FrameSink, OutputInfo, PreviewWindow, RecorderSink, VirtualCameraConfig, VirtualCameraError,
+                    VirtualCameraSink, display_available)
 from .slots import Frame, LatestSlot, SlotClosed
 from .stats import LiveStats
 
@@ -81,6 +82,7 @@ class LiveConfig:
         preview: show the preview window (skipped with a warning when there is no display).
         virtual_camera: send to a virtual camera. vcam: its size, mirror, backend, device.
         output: record the output to this video file. output_fps: rate of the virtual camera and recording.
+        sinks: extra outputs (:class:`~runtime.sinks.FrameSink`), closed at the end of the session.
         calibrate: take the neutral pose with the "look at the camera" step (False: the first frame
             with a face is the neutral). neutral: criteria of that step.
         stats_overlay: start with the stats overlay shown.
@@ -106,6 +108,7 @@ class LiveConfig:
     vcam: VirtualCameraConfig = field(default_factory=VirtualCameraConfig)
     output: Path | None = None
     output_fps: float = 30.0
+    sinks: list[FrameSink] = field(default_factory=list)
     calibrate: bool = True
     neutral: NeutralConfig = field(default_factory=NeutralConfig)
     stats_overlay: bool = False
@@ -183,6 +186,8 @@ class LiveReport:
                  f"per-stage ms: {stages}"]
         if self.virtual_camera:
             lines.append(f"virtual camera {self.virtual_camera}: {self.virtual_camera_frames} frames sent")
+        elif self.virtual_camera_error:
+            lines.append("virtual camera: not available (see the warning above, or run: avatar-engine doctor)")
         if self.recording is not None:
             lines.append(f"recorded {self.recording}: {self.recording_frames} frames")
         return "\n".join(lines)
@@ -197,6 +202,7 @@ class _Result:
         camera: ``(h, w, 3) uint8`` RGB driving frame. driving: its landmarks ``(478, 3)`` or None.
         index, t_capture: of the camera frame. face_found: the driving frame had a face.
         guide: ``(box, ok, progress, hint)`` while the neutral is being taken, else None.
+        mode: ``"avatar"``, or ``"passthrough"`` when ``avatar`` is the camera frame itself.
     """
 
     avatar: np.ndarray
@@ -206,10 +212,12 @@ class _Result:
     t_capture: float
     face_found: bool
     guide: tuple[tuple[int, int, int, int], bool, float, str] | None
+    mode: str = "avatar"
 
 
 class LiveEngine:
-    """Runs one live session. ``LiveEngine(config).run()`` blocks until the session stops.
+    """Runs one live session. ``LiveEngine(config).run()`` blocks until the session stops; an engine
+    runs a single session.
 
     Args:
         config: session options.
@@ -227,6 +235,7 @@ class LiveEngine:
         self._fatal: BaseException | None = None
         self._t_first_processed: float | None = None
         self._t_last_processed: float | None = None
+        self._ran = False
 
     # ----------------------------------------------------------------------------------------- control
     def command(self, name: str) -> None:
@@ -247,6 +256,15 @@ class LiveEngine:
             self.stop("quit")
         else:
             raise ValueError(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+
+    def handle_key(self, key: int) -> str | None:
+        """Act on a preview-window key code (``cv2.waitKey``; -1 = none). Returns the command run, or None."""
+        if key < 0:
+            return None
+        name = HOTKEYS.get(ord(chr(key).lower()) if key < 128 else key)
+        if name is not None:
+            self.command(name)
+        return name
 
     def stop(self, reason: str = "quit") -> None:
         """End the session (from any thread); :meth:`run` returns shortly after."""
@@ -269,12 +287,15 @@ class LiveEngine:
         """
         import torch
 
+        if self._ran:
+            raise RuntimeError("a LiveEngine runs one session; create a new one")
+        self._ran = True
         cfg = self.config
+        camera = cfg.camera if isinstance(cfg.camera, CameraSource) else open_camera(
+            cfg.camera, cfg.camera_width, cfg.camera_height, cfg.camera_fps, cfg.loop, cfg.realtime)
         old_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        camera = cfg.camera if isinstance(cfg.camera, CameraSource) else open_camera(
-            cfg.camera, cfg.camera_width, cfg.camera_height, cfg.camera_fps, cfg.loop, cfg.realtime)
         restore_signals = self._install_signal_handlers()
         capture: CaptureThread | None = None
         processor: threading.Thread | None = None
@@ -295,7 +316,7 @@ class LiveEngine:
             out_slot: LatestSlot[_Result] = LatestSlot()
             capture = CaptureThread(camera, cam_slot, cfg.capture)
             processor = threading.Thread(target=self._process_loop, name="processing", daemon=True,
-                                         args=(cam_slot, out_slot, reenactor, neutral_frame))
+                                         args=(cam_slot, out_slot, reenactor, neutral_frame, not camera.realtime))
             t_start = time.monotonic()
             capture.start()
             processor.start()
@@ -310,12 +331,13 @@ class LiveEngine:
                 processor.join(timeout=10.0)
             if capture is not None:
                 capture.join(timeout=5.0)
-                if capture.is_alive():
-                    log.warning("%s did not stop in time; closing it anyway", camera.name)
-            camera.close()
-            if reenactor is not None:
+            if capture is not None and capture.is_alive():  # stuck in a driver call: it closes the camera itself
+                log.warning("%s did not stop within 5 s; leaving it to close when its read returns", camera.name)
+            else:
+                camera.close()
+            if reenactor is not None and not (processor is not None and processor.is_alive()):
                 reenactor.close()
-            sinks.close()
+            sinks.close(cfg.sinks)
             restore_signals()
             if cfg.threads:
                 torch.set_num_threads(old_threads)
@@ -350,8 +372,12 @@ class LiveEngine:
 
     # ----------------------------------------------------------------------------------------- threads
     def _process_loop(self, cam_slot: LatestSlot[Frame], out_slot: LatestSlot[_Result], reenactor: Reenactor,
-                      neutral_frame: np.ndarray) -> None:
-        """Processing thread: camera frames -> avatar frames, until stopped or the camera ends."""
+                      neutral_frame: np.ndarray, lockstep: bool) -> None:
+        """Processing thread: camera frames -> avatar frames, until stopped or the camera ends.
+
+        ``lockstep`` (a camera that is not real time): wait until the output took the previous
+        result, so that every camera frame is output exactly once.
+        """
         cfg = self.config
         calibrator = NeutralCalibrator(cfg.neutral)
         if cfg.calibrate:
@@ -370,46 +396,52 @@ class LiveEngine:
                 if self._recalibrate.is_set():
                     self._recalibrate.clear()
                     calibrator.start()
-                mode = self._mode
-                if mode == "paused":
+                if self._mode == "paused":
                     continue
-                if mode == "passthrough":
-                    out_slot.put(_Result(frame.image, frame.image, None, frame.index, frame.t_capture, True, None))
-                    self._count_processed({}, True, frame)
-                else:
-                    try:
-                        result = reenactor.step(frame.image, frame.t_capture)
-                    except Exception as exc:  # a bug must not take the meeting down: skip the frame
-                        errors += 1
-                        if errors == 1:
-                            log.exception("processing a frame failed; skipping it")
-                        if errors >= _MAX_CONSECUTIVE_ERRORS:
-                            self._fatal = RuntimeError(f"{errors} frames in a row failed to process: {exc}")
-                            self.stop("error")
+                try:
+                    result = self._process(frame, reenactor, calibrator, neutral_frame)
+                except Exception as exc:  # a bug must not take the meeting down: skip the frame
+                    errors += 1
+                    if errors == 1:
+                        log.exception("processing a frame failed; skipping it")
+                    if errors >= _MAX_CONSECUTIVE_ERRORS:
+                        self._fatal = RuntimeError(f"{errors} frames in a row failed to process: {exc}")
+                        self.stop("error")
+                        return
+                    continue
+                errors = 0
+                if lockstep:
+                    while not out_slot.wait_empty(0.1):
+                        if self._stop.is_set():
                             return
-                        continue
-                    errors = 0
-                    avatar, guide = result.frame, None
-                    if calibrator.active:
-                        h, w = frame.image.shape[:2]
-                        neutral = calibrator.feed(result.driving, (w, h), frame.t_capture)
-                        if neutral is not None:
-                            reenactor.set_neutral(neutral)
-                            self._calibrated = True
-                        else:
-                            guide = (calibrator.guide_box((w, h)), calibrator.ok, calibrator.progress,
-                                     calibrator.hint)
-                            if not self._calibrated:
-                                avatar = neutral_frame
-                    out_slot.put(_Result(avatar, frame.image, result.driving, frame.index, frame.t_capture,
-                                         result.face_found, guide))
-                    self._count_processed(result.timings_ms, result.face_found, frame)
+                out_slot.put(result)
                 processed += 1
                 if cfg.max_frames is not None and processed >= cfg.max_frames:
                     self._set_end_reason("max frames")
                     return
         finally:
             out_slot.close()
+
+    def _process(self, frame: Frame, reenactor: Reenactor, calibrator: NeutralCalibrator,
+                 neutral_frame: np.ndarray) -> _Result:
+        """One camera frame -> one result (the avatar, or the camera itself in passthrough)."""
+        if self._mode == "passthrough":
+            self._count_processed({}, True, frame)
+            return _Result(frame.image, frame.image, None, frame.index, frame.t_capture, True, None, "passthrough")
+        result = reenactor.step(frame.image, frame.t_capture)
+        avatar, guide = result.frame, None
+        if calibrator.active:
+            h, w = frame.image.shape[:2]
+            neutral = calibrator.feed(result.driving, (w, h), frame.t_capture)
+            if neutral is not None:
+                reenactor.set_neutral(neutral)
+                self._calibrated = True
+            else:
+                guide = (calibrator.guide_box((w, h)), calibrator.ok, calibrator.progress, calibrator.hint)
+                if not self._calibrated:
+                    avatar = neutral_frame  # the avatar holds the source's neutral until the driver's is taken
+        self._count_processed(result.timings_ms, result.face_found, frame)
+        return _Result(avatar, frame.image, result.driving, frame.index, frame.t_capture, result.face_found, guide)
 
     def _count_processed(self, timings_ms: dict[str, float], face_found: bool, frame: Frame) -> None:
         now = time.monotonic()
@@ -426,12 +458,10 @@ class LiveEngine:
                      neutral_frame: np.ndarray, t_start: float) -> None:
         """Output loop (calling thread): pace, send, record, preview, hotkeys."""
         cfg = self.config
-        paced = capture.source.realtime
-        period = 1.0 / cfg.output_fps
+        pacer = _Pacer(cfg.output_fps, t_start) if capture.source.realtime else None
         last: _Result | None = None
         sent = neutral_frame
         frozen: np.ndarray | None = None
-        last_send = -math.inf
         while not self._stop.is_set():
             now = time.monotonic()
             if cfg.duration_s is not None and now - t_start >= cfg.duration_s:
@@ -440,21 +470,24 @@ class LiveEngine:
             if sinks.preview is not None and sinks.preview.closed_by_user:
                 self._set_end_reason("window closed")
                 break
-            timeout = 0.1 if not paced else max(0.0, last_send + period - now)
+            timeout = 0.1 if pacer is None else min(max(pacer.repeat_due - now, 0.0), 0.1)
             try:
-                item = out_slot.get(timeout=min(timeout, 0.1))
+                item = out_slot.get(timeout=timeout)
             except SlotClosed:
                 break
             now = time.monotonic()
-            if item is None and (not paced or now < last_send + period):
-                self._poll_preview(sinks, last, sent, capture)
-                continue
-            if item is not None and paced and now < last_send + 0.5 * period:
-                time.sleep(last_send + 0.5 * period - now)  # never faster than output_fps
-                try:
-                    item = out_slot.get(timeout=0) or item
-                except SlotClosed:
-                    pass
+            if item is None:
+                if pacer is None or now < pacer.repeat_due:
+                    self._poll_preview(sinks, last, sent, capture)
+                    continue
+            elif pacer is not None:
+                wait = pacer.wait_for_new(now)
+                if wait > 0:  # over the rate budget: wait, and take a newer frame if one came meanwhile
+                    time.sleep(wait)
+                    try:
+                        item = out_slot.get(timeout=0) or item
+                    except SlotClosed:
+                        pass
             if item is not None:
                 last = item
             if self._mode == "paused":
@@ -463,16 +496,25 @@ class LiveEngine:
             else:
                 frozen = None
                 frame = last.avatar if last is not None else neutral_frame
+            fresh = item is not None and frozen is None  # made from a camera frame not shown before
             sinks.send(frame)
             t_out = time.monotonic()
+            if pacer is not None:
+                pacer.sent(t_out, new=fresh)
+            if cfg.sinks:
+                info = OutputInfo(-1 if last is None else last.index, math.nan if last is None else last.t_capture,
+                                  t_out, fresh, last is not None and last.face_found,
+                                  "paused" if frozen is not None else ("avatar" if last is None else last.mode),
+                                  (cfg.calibrate and not self._calibrated) if last is None else last.guide is not None)
+                for extra in cfg.sinks:
+                    extra.send(frame, info)
             if sinks.recorder is not None:
-                if paced:
+                if pacer is not None:  # constant frame rate on the wall clock: repeat or skip to keep up
                     due = int((t_out - t_start) * cfg.output_fps) + 1
                     sinks.recorder.write(frame, max(0, due - sinks.recorder.frames_written))
-                elif item is not None:
+                elif fresh:
                     sinks.recorder.write(frame)
-            self.stats.on_output(None if item is None else (t_out - item.t_capture) * 1e3)
-            last_send = t_out
+            self.stats.on_output((t_out - item.t_capture) * 1e3 if fresh else None)
             sent = frame
             self._poll_preview(sinks, last, sent, capture)
 
@@ -480,20 +522,17 @@ class LiveEngine:
         """Show the preview (when there is one) and act on the key pressed."""
         if sinks.preview is None:
             return
-        key = sinks.preview.show(self._preview_image(last, sent, capture))
-        if key >= 0:
-            name = HOTKEYS.get(ord(chr(key).lower()) if key < 128 else key)
-            if name is not None:
-                self.command(name)
+        self.handle_key(sinks.preview.show(self._preview_image(last, sent, capture)))
 
     def _preview_image(self, last: _Result | None, sent: np.ndarray, capture: CaptureThread) -> np.ndarray:
         """What the preview shows: the output (or, while calibrating, the camera with the guide) + overlays."""
         if last is not None and last.guide is not None:
             box, ok, progress, hint = last.guide
-            main = draw_guide(last.camera, box, ok, progress, hint)
+            main = _preview_size(last.camera)
+            k = main.shape[0] / last.camera.shape[0]
+            main = draw_guide(main, tuple(round(v * k) for v in box), ok, progress, hint)
             if last.driving is not None:
-                main = draw_points(main, last.driving)
-            main = _preview_size(main)
+                main = draw_points(main, last.driving * k)
             main = draw_inset(main, sent)
         else:
             main = _preview_size(sent)
@@ -504,7 +543,7 @@ class LiveEngine:
         elif self._mode == "paused":
             main = draw_banner(main, "PAUSED: the avatar is frozen (P to resume)")
         elif self._mode == "passthrough":
-            main = draw_banner(main, "PASSTHROUGH: your real camera is live (T to return to the avatar)")
+            main = draw_banner(main, "PASSTHROUGH: your real camera is live (T: back to the avatar)")
         elif last is not None and not last.face_found:
             main = draw_banner(main, "no face in view: the avatar returns to its neutral pose")
         if self._show_stats:
@@ -530,6 +569,46 @@ class LiveEngine:
             virtual_camera=sinks.vcam_device, virtual_camera_frames=sinks.vcam_frames,
             virtual_camera_error=sinks.vcam_error, recording=sinks.recording_path,
             recording_frames=sinks.recording_frames, preview=sinks.preview_shown)
+
+
+class _Pacer:
+    """When the output loop sends, with a real-time camera.
+
+    New frames go out as soon as they are ready, within a token bucket of ``fps`` tokens per second
+    (at most 2 saved up), so the output never runs faster than ``fps`` on average. When no new frame
+    came for 1.5 periods, the last frame is repeated, and then once per period while the stall lasts.
+
+    Args:
+        fps: the output rate. now: ``time.monotonic()`` at start.
+    """
+
+    def __init__(self, fps: float, now: float):
+        self.period = 1.0 / fps
+        self.tokens = 1.0
+        self._t = now
+        self.last_send = -math.inf
+        self._repeating = True
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(2.0, self.tokens + (now - self._t) / self.period)
+        self._t = now
+
+    @property
+    def repeat_due(self) -> float:
+        """When the last frame is to be sent again if nothing new comes (``time.monotonic()``)."""
+        return self.last_send + (1.0 if self._repeating else 1.5) * self.period
+
+    def wait_for_new(self, now: float) -> float:
+        """Seconds a new frame must wait before it may go out (0: now)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) * self.period
+
+    def sent(self, now: float, new: bool) -> None:
+        """A frame went out at ``now`` (``new``: made from a new camera frame, else a repeat)."""
+        self._refill(now)
+        self.tokens -= 1.0
+        self.last_send = now
+        self._repeating = not new
 
 
 def _preview_size(img: np.ndarray, lo: int = 480, hi: int = 900) -> np.ndarray:
@@ -600,9 +679,14 @@ class _Sinks:
         if self.vcam is not None:
             self.vcam.send(frame)
 
-    def close(self) -> None:
-        """Release everything; one failing sink does not keep the others open."""
+    def close(self, extra: list[FrameSink]) -> None:
+        """Release everything (and close the ``extra`` sinks); one failing sink does not keep the others open."""
         errors = []
+        for sink in extra:
+            try:
+                sink.close()
+            except Exception as exc:
+                errors.append(f"{type(sink).__name__}: {exc}")
         for attr in ("vcam", "recorder", "preview"):
             sink = getattr(self, attr)
             if sink is None:

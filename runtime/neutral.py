@@ -88,7 +88,7 @@ class NeutralCalibrator:
     def guide_box(self, frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
         """``(x0, y0, x1, y1)`` pixels of the box the face should fill, for a ``(W, H)`` frame."""
         w, h = frame_size
-        bw, bh = 0.42 * h, 0.56 * h
+        bw, bh = 0.36 * h, 0.48 * h
         cx, cy = self.GUIDE_CENTRE[0] * w, self.GUIDE_CENTRE[1] * h
         return int(cx - bw / 2), int(cy - bh / 2), int(cx + bw / 2), int(cy + bh / 2)
 

@@ -55,7 +55,7 @@ def draw_guide(img: np.ndarray, box: tuple[int, int, int, int], ok: bool, progre
     bar_y = min(h - 8, y1 + round(16 * s))
     cv2.rectangle(out, (x0, bar_y), (x1, bar_y + round(8 * s)), (40, 40, 40), -1)
     cv2.rectangle(out, (x0, bar_y), (x0 + int((x1 - x0) * progress), bar_y + round(8 * s)), colour, -1)
-    _text(out, hint, (max(4, x0), max(round(24 * s), y0 - round(12 * s))), 0.7 * s, colour)
+    _text(out, hint, (max(4, x0), max(round(24 * s), y0 - round(12 * s))), 0.9 * s, colour)
     return out
 
 
@@ -81,8 +81,10 @@ def draw_stats(img: np.ndarray, stats: StatsSnapshot, extra: list[str] | None = 
 def draw_banner(img: np.ndarray, text: str, colour=_YELLOW) -> np.ndarray:
     """A bar with ``text`` across the bottom of the frame."""
     out = img.copy()
-    h = out.shape[0]
+    h, w = out.shape[:2]
     s = 0.7 * _scale(out)
+    while s > 0.3 and cv2.getTextSize(text, _FONT, s, max(1, round(s * 2)))[0][0] > w - 20:
+        s *= 0.9  # shrink long messages to fit the width
     bar = round(36 * _scale(out))
     out[h - bar:] = (out[h - bar:] * 0.35).astype(np.uint8)
     _text(out, text, (10, h - bar // 3), s, colour)

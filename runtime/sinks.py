@@ -5,6 +5,8 @@
   OBS Virtual Camera on Windows/macOS). A camera that cannot open raises :class:`VirtualCameraError`
   whose one-line message says how to set it up on this OS.
 * :class:`RecorderSink`: an mp4 of the session (H.264 via :class:`avatar_engine.video.VideoWriter`).
+* :class:`FrameSink`: the extension point for anything else (a WebRTC track, a test that inspects
+  the output): it gets every output frame with an :class:`OutputInfo`.
 
 Every sink takes ``(H, W, 3) uint8`` RGB frames of any size and fits them to its own size
 (:func:`fit_frame`: scaled to fit, centred, black borders).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +26,49 @@ import numpy as np
 from avatar_engine.errors import AvatarError
 from avatar_engine.video import VideoWriter
 
-__all__ = ["MODPROBE_LINE", "virtual_camera_hint", "VirtualCameraError", "display_available", "fit_frame",
-           "PreviewWindow", "VirtualCameraConfig", "VirtualCameraSink", "RecorderSink"]
+__all__ = ["OutputInfo", "FrameSink", "MODPROBE_LINE", "virtual_camera_hint", "VirtualCameraError",
+           "display_available", "fit_frame", "PreviewWindow", "VirtualCameraConfig", "VirtualCameraSink", "RecorderSink"]
 
 log = logging.getLogger("avatar_engine")
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """What an output frame is.
+
+    Attributes:
+        index: number of the camera frame it was made from (-1: none yet, the neutral avatar).
+        t_capture: ``time.monotonic()`` capture time of that camera frame (nan when ``index == -1``).
+        t_output: ``time.monotonic()`` when the frame was sent.
+        new: a frame made from a new camera frame (False: a repeat that keeps the output rate up).
+        face_found: the camera frame had a face.
+        mode: what the frame shows: ``"avatar"``, ``"paused"`` (the frozen avatar) or ``"passthrough"``
+            (the real camera frame).
+        calibrating: the neutral pose is being taken.
+    """
+
+    index: int
+    t_capture: float
+    t_output: float
+    new: bool
+    face_found: bool
+    mode: str
+    calibrating: bool
+
+
+class FrameSink(ABC):
+    """An extra output of the live engine (``LiveConfig.sinks``), called from the output loop.
+
+    The engine does not open sinks; it calls :meth:`close` when the session ends.
+    """
+
+    @abstractmethod
+    def send(self, frame: np.ndarray, info: OutputInfo) -> None:
+        """One output frame ``(H, W, 3) uint8`` RGB (the avatar, as the virtual camera gets it before fitting)."""
+
+    def close(self) -> None:
+        """The session ended."""
+
 
 MODPROBE_LINE = 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="Avatar Cam" exclusive_caps=1'
 """Creates the "Avatar Cam" device (``/dev/video10``) on Linux; ``exclusive_caps=1`` makes Chrome/Meet,
@@ -112,6 +154,7 @@ class PreviewWindow:
         self.title = title
         self.max_side = max_side
         self._open = False
+        self._shown_size: tuple[int, int] | None = None
 
     def open(self) -> None:
         if not display_available():
@@ -131,6 +174,10 @@ class PreviewWindow:
         if max(h, w) > self.max_side:
             s = self.max_side / max(h, w)
             rgb = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        size = (rgb.shape[1], rgb.shape[0])
+        if size != self._shown_size:  # fit the window to the picture (the user may resize it later)
+            cv2.resizeWindow(self.title, *size)
+            self._shown_size = size
         cv2.imshow(self.title, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         key = cv2.waitKey(1)
         return -1 if key < 0 else key & 0xFF
