@@ -27,7 +27,8 @@ from avatar_engine.errors import AvatarError
 from avatar_engine.video import VideoWriter
 
 __all__ = ["OutputInfo", "FrameSink", "MODPROBE_LINE", "virtual_camera_hint", "VirtualCameraError",
-           "display_available", "fit_frame", "PreviewWindow", "VirtualCameraConfig", "VirtualCameraSink", "RecorderSink"]
+           "display_available", "fit_frame", "PreviewWindow", "VirtualCameraConfig", "VirtualCameraSink",
+           "RecorderSink"]
 
 log = logging.getLogger("avatar_engine")
 
