@@ -320,23 +320,9 @@ class _Evaluator:
                     s.prev = out
                     if n in shown:
                         sheet[k + 1].frames.append(_thumb(out, cfg.sheet_thumb))
-                    if gt_pts is None and not id_frame:
-                        continue
-                    out_pts = self.detector.detect(out)
-                    if gt_pts is not None and masks is not None:
-                        s.add("l1_mouth", metrics.masked_l1(out, gt, masks["mouth"]))
-                        s.add("l1_eyes", metrics.masked_l1(out, gt, masks["eyes"]))
-                        s.add("output_no_face", out_pts is None)
-                        if out_pts is not None:
-                            self._pose(s, out_pts, gt_pts)
-                    if id_frame and out_pts is not None:
-                        out_id = self.identity.embed(out, out_pts)
-                        if out_id is not None and gt_id is not None:
-                            d = self.identity.distance(out_id, gt_id)
-                            s.add("identity_gt", d)
-                            s.add("same_person_gt", d < SAME_PERSON_THRESHOLD)
-                        if out_id is not None and src_id is not None:
-                            s.add("identity_source", self.identity.distance(out_id, src_id))
+                    if gt_pts is not None or id_frame:
+                        self._score_face(s, out, gt, gt_pts, masks, gt_id if id_frame else None,
+                                         src_id if id_frame else None)
                 n += 1
         if n < 2:
             raise NoFaceError(f"only {n} frame(s) after the first face frame; need 2")
@@ -350,6 +336,30 @@ class _Evaluator:
         info = {"identity": clip.identity, "source_frame": source_index, "frames": n, "gt_no_face": gt_no_face,
                 "driving_no_face": driving_no_face}
         return SequenceReport("self", clip.clip_id, info, scores, sheet)
+
+    def _score_face(self, s: _Series, out: np.ndarray, gt: np.ndarray, gt_pts: np.ndarray | None,
+                    masks: dict[str, np.ndarray] | None, gt_id: np.ndarray | None, src_id: np.ndarray | None) -> None:
+        """Region, landmark and identity scores of one self-reenactment output frame.
+
+        Region and landmark scores need ``gt_pts``; identity distances are taken when ``gt_id`` /
+        ``src_id`` are given (identity frames).
+        """
+        out_pts = self.detector.detect(out)
+        if gt_pts is not None and masks is not None:
+            s.add("l1_mouth", metrics.masked_l1(out, gt, masks["mouth"]))
+            s.add("l1_eyes", metrics.masked_l1(out, gt, masks["eyes"]))
+            s.add("output_no_face", out_pts is None)
+            if out_pts is not None:
+                self._pose(s, out_pts, gt_pts)
+        if out_pts is None or (gt_id is None and src_id is None):
+            return
+        out_id = self.identity.embed(out, out_pts)
+        if out_id is not None and gt_id is not None:
+            d = self.identity.distance(out_id, gt_id)
+            s.add("identity_gt", d)
+            s.add("same_person_gt", d < SAME_PERSON_THRESHOLD)
+        if out_id is not None and src_id is not None:
+            s.add("identity_source", self.identity.distance(out_id, src_id))
 
     @staticmethod
     def _tracked_landmarks(rgb: np.ndarray) -> np.ndarray | None:
