@@ -77,6 +77,9 @@ class LandmarkConfig:
     jump_reset: float = 0.3
     """In video mode, forget the smoothing state when the face moves by more than this fraction of
     its size between two frames (a cut, or another face taken over)."""
+    settle_passes: int = 4
+    """In video mode, re-run a new track's first frame up to this many times so its landmarks match
+    the tracked ones that follow (see ``LandmarkDetector._settle_new_track``); 0 disables."""
 
     def __post_init__(self) -> None:
         for name in ("min_detection_confidence", "min_tracking_confidence"):
@@ -247,6 +250,7 @@ class LandmarkDetector:
         self._closed = False
         self._clock = FrameClock(self.config.default_fps)
         self._last_raw: np.ndarray | None = None
+        self._tracking = False
 
     def _new_mesh(self):
         import mediapipe as mp
@@ -310,7 +314,11 @@ class LandmarkDetector:
         if not faces:
             self._filter.reset()
             self._last_raw = None
+            self._tracking = False
             return None
+        if not self._tracking:
+            faces = self._settle_new_track(rgb, faces)
+            self._tracking = True
         raw = faces[0]
         if not self.config.smoothing:
             return raw
@@ -318,6 +326,24 @@ class LandmarkDetector:
             self._filter.reset()
         self._last_raw = raw
         return self._filter(raw, t)
+
+    def _settle_new_track(self, rgb: np.ndarray, faces: list[np.ndarray]) -> list[np.ndarray]:
+        """Re-run a new track's first frame until the tracked landmarks stop changing scale.
+
+        A track starts from the face detector's box, whose landmarks differ in scale from the
+        tracked ones by up to ~4 %, and tracking converges on a still frame within ~3 passes. The
+        first landmarks of a track are often taken as the neutral pose, so they must agree with the
+        ones that follow. Costs a few extra passes only when a face (re)appears.
+        """
+        for _ in range(self.config.settle_passes):
+            again = self._run(rgb)
+            if not again:
+                break
+            before, after = face_bbox(faces[0]), face_bbox(again[0])
+            faces = again
+            if abs((after[2] - after[0]) / max(before[2] - before[0], 1e-6) - 1) < 0.002:
+                break
+        return faces
 
     def _jumped(self, prev: np.ndarray, cur: np.ndarray) -> bool:
         x0, y0, x1, y1 = face_bbox(prev)
@@ -332,6 +358,7 @@ class LandmarkDetector:
         self._filter.reset()
         self._clock.reset()
         self._last_raw = None
+        self._tracking = False
         if not self.static:
             self._mesh.close()
             self._mesh = self._new_mesh()
