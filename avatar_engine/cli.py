@@ -129,6 +129,51 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0 if any(c.frames_kept for c in report.clips) else 1
 
 
+def _add_train_sr(targets: argparse._SubParsersAction) -> None:
+    p = targets.add_parser("sr", help="temporal super-resolution 256 -> 512 (causal, streaming)",
+                           description="Train the temporal SR network on the prepared cache (avatar-engine prepare "
+                                       "--size 256 512). Stage 2d trains the frame-by-frame network; stage 3d "
+                                       "inflates it (--init) to 3-D kernels over the last T frames and fine-tunes. "
+                                       "Resumable (run it again to continue); DDP under torchrun.")
+    p.add_argument("--config", required=True, type=Path, help="configs/sr_light.toml or configs/sr_gpu.toml")
+    p.add_argument("--stage", required=True, choices=("2d", "3d"), help="training stage")
+    p.add_argument("--init", type=Path, default=None, help="stage 3d: the stage-2d weights to inflate")
+    p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and exported weights")
+    p.add_argument("--cache", type=Path, default=None, help="prepared cache (default: the prepare default)")
+    p.add_argument("--inputs", type=Path, default=None, help="renderer-input cache (built when missing)")
+    p.add_argument("--steps", type=int, default=None, help="total steps of this stage (overrides the config)")
+    p.add_argument("--batch", type=int, default=None, help="samples per step per process")
+    p.add_argument("--device", default=None, help="torch device (overrides the config)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(run=_run_train_sr)
+
+
+def _run_train_sr(args: argparse.Namespace) -> int:
+    from .sr_train import build_render_inputs, load_train_config, train_sr
+
+    _set_threads(args.threads)
+    cfg = load_train_config(args.config, stage=args.stage, init=args.init, run_dir=args.run_dir, cache=args.cache,
+                            inputs=args.inputs, steps=args.steps, batch=args.batch, device=args.device,
+                            progress=sys.stderr.isatty())
+    if cfg.render_fraction > 0 and int(os.environ.get("RANK", 0)) == 0:
+        build_render_inputs(cfg.cache, cfg.inputs, cfg.split, cfg.min_source_side, progress=cfg.progress)
+    report = train_sr(cfg)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in report.last_losses.items())
+    print(f"wrote {report.weights}: {report.steps} steps in {report.seconds:.0f} s; last losses: {losses}; "
+          f"{report.flops_per_frame / 1e9:.2f} GFLOP per streamed frame")
+    return 0
+
+
+_TRAIN_TARGETS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train_sr,)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (targets: sr)")
+    targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for add in _TRAIN_TARGETS:
+        add(targets)
+
+
 def _size_arg(text: str) -> tuple[int, int]:
     """``"1280x720"`` -> ``(1280, 720)``."""
     try:
@@ -242,7 +287,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_render, _add_eval, _add_start, _add_doctor,
-                                                                       _add_prepare)
+                                                                       _add_prepare, _add_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
