@@ -65,7 +65,8 @@ class SRTrainConfig:
     Attributes:
         model: network shape (``frames`` is forced to 1 in stage ``2d``).
         stage: ``"2d"`` (frame-by-frame) or ``"3d"`` (inflate ``init`` and fine-tune).
-        init: stage-``3d`` start: a frame-by-frame weights file (inflated) or a temporal one (resumed from).
+        init: start weights: stage ``3d``: a frame-by-frame file (inflated) or a temporal one; stage
+            ``2d``: a frame-by-frame file to continue from (fresh optimiser and schedule).
         run_dir: checkpoints and the exported weights.
         cache: prepared cache (``avatar-engine prepare``). inputs: renderer-input cache.
         split: training split.
@@ -147,14 +148,15 @@ def build_render_inputs(cache: Path, inputs: Path, split: str, min_source_side: 
     """Mesh-renderer self-reenactment inputs for every prepared clip of ``split`` (once; cached).
 
     Each frame is the mesh warp of its segment's first 256 crop to the frame's own 256 landmarks.
-    Clips whose segments are all smaller than ``min_source_side`` are skipped. Returns the files.
+    Only clips prepared at 512 too (the training targets) with a segment of at least
+    ``min_source_side`` video pixels are done. Returns the files.
     """
     from .warp import MeshWarp, WarpConfig
     from .renderers import image_to_tensor, tensor_to_image
 
     written = []
     clips = load_prepared(cache, split, 256)
-    todo = [c for c in clips if (_segment_sides(c) >= min_source_side).any()]
+    todo = [c for c in clips if 512 in c.meta["sizes"] and (_segment_sides(c) >= min_source_side).any()]
     for clip in tqdm(todo, desc=f"SR render inputs {split}", disable=not progress, leave=False):
         out = inputs / split / clip.clip_id / "mesh_256.npy"
         if out.is_file():
@@ -165,7 +167,7 @@ def build_render_inputs(cache: Path, inputs: Path, split: str, min_source_side: 
             for seg in clip.meta["segments"]:
                 first = seg["start"]
                 warp = MeshWarp(np.asarray(clip.landmarks[first]), 256, WarpConfig(), "cpu")
-                src = image_to_tensor(np.asarray(clip.frames[first]))
+                src = image_to_tensor(np.array(clip.frames[first]))
                 for i in range(seg["start"], seg["stop"]):
                     grid = warp.grid(torch.from_numpy(np.asarray(clip.landmarks[i], np.float32))[None])
                     frames[i] = tensor_to_image(warp.warp(src, grid))
@@ -326,7 +328,12 @@ def _dist_info() -> tuple[int, int, int]:
 
 def _initial_net(config: SRTrainConfig) -> SRNet:
     if config.stage == "2d":
-        return SRNet(config.model)
+        if config.init is None:
+            return SRNet(config.model)
+        base = load_sr_net(config.init)
+        if base.config != config.model:
+            raise AvatarError(f"--init {config.init} is not a frame-by-frame network of the config's shape")
+        return base
     if config.init is None:
         raise AvatarError("stage 3d needs --init: the frame-by-frame (stage 2d) weights to inflate")
     base = load_sr_net(config.init)
@@ -357,6 +364,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
     net = _initial_net(config).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.99))
     step = 0
+    scheduler_state = None
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if SRConfig.from_dict(ckpt["model_config"]) != net.config:
@@ -364,6 +372,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
+        scheduler_state = ckpt["scheduler"]
         log.info("resumed %s at step %d", ckpt_path, step)
     model: torch.nn.Module = net
     if world > 1:
@@ -385,8 +394,8 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
                               length=config.steps * config.batch, seed=config.seed * 1000 + rank)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / max(1, config.steps))))
-    for _ in range(step):
-        schedule.step()
+    if scheduler_state is not None:
+        schedule.load_state_dict(scheduler_state)
     losses: dict[str, float] = {}
     bar = tqdm(total=config.steps, initial=step, unit="step", desc=f"train sr {config.stage}",
                disable=not (config.progress and rank == 0), leave=False)
@@ -396,6 +405,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
             run.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "scheduler": schedule.state_dict(),
                         "model_config": dataclasses.asdict(net.config), "losses": losses}, tmp)
             os.replace(tmp, ckpt_path)
 
