@@ -29,8 +29,8 @@ Cache layout (``<cache>/<split>/<clip_id>/``, format version :data:`CACHE_VERSIO
 
 Arrays are plain ``.npy`` files: open them with ``np.load(path, mmap_mode="r")``. A clip directory
 appears atomically (written under a temporary name, then renamed) only when complete, so re-running
-``prepare`` does only new work: clips whose ``meta.json`` has the same version and options are
-skipped. Clips that yield no usable frame get a ``meta.json`` with ``frames_kept = 0`` and no arrays.
+``prepare`` does only new work: a clip is skipped when its ``meta.json`` has the same version and
+options, at least the requested sizes, and no lower frame cap. Clips that yield no usable frame get a ``meta.json`` with ``frames_kept = 0`` and no arrays.
 
 Skip reasons of a frame: ``no_face`` (the detector found none), ``small_face`` (face extent below
 ``min_face_px`` video pixels: too few pixels to train on), ``face_outside`` (under ``min_inside`` of
@@ -177,9 +177,14 @@ def _is_cached(path: Path, config: PrepareConfig) -> dict | None:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("version") != CACHE_VERSION or meta.get("options") != config.signature():
+    have, want = meta.get("options") or {}, config.signature()
+    if meta.get("version") != CACHE_VERSION or not set(want["sizes"]) <= set(have.get("sizes", ())):
         return None
-    return meta
+    cap_have, cap_want = have.get("max_frames_per_clip"), want["max_frames_per_clip"]
+    if cap_have is not None and (cap_want is None or cap_have < cap_want):
+        return None
+    same = ("segment_frames", "identity_every", "min_face_px", "min_inside")
+    return meta if all(have.get(k) == want[k] for k in same) else None
 
 
 class _ClipPreparer:
@@ -347,13 +352,13 @@ class PairConfig:
 
     Attributes:
         min_gap: smallest kept-frame distance between source and driving frame (0 allows the same frame).
-        samples_per_epoch: pairs per epoch (the dataset's length); pairs are drawn deterministically
-            from (seed, epoch, index).
+        length: nominal length (``len()``); any index >= 0 is valid, item ``i`` is a deterministic
+            function of ``(seed, i)``, so a sampler can continue from any global sample number.
         seed: base seed.
     """
 
     min_gap: int = 1
-    samples_per_epoch: int = 4096
+    length: int = 1 << 30
     seed: int = 0
 
 
@@ -361,9 +366,9 @@ class PairDataset(torch.utils.data.Dataset):
     """Self-reenactment pairs from the cache.
 
     The source of a pair is a frame with an identity descriptor (so z_id is the source's own), the
-    driving frame another frame of the same segment (same crop). Item ``i`` of epoch ``e`` is a
-    deterministic function of ``(seed, e, i)``: clip (uniform over clips, so long clips do not
-    dominate), source frame, driving frame.
+    driving frame another frame of the same segment (same crop). Item ``i`` is a deterministic
+    function of ``(seed, i)``: clip (uniform over clips, so long clips do not dominate), source
+    frame, driving frame.
 
     An item is a dict: ``source (3, S, S) uint8``, ``driving (3, S, S) uint8``,
     ``source_points (478, 3) float32``, ``driving_points (478, 3) float32`` (crop px),
@@ -372,7 +377,6 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[PreparedClip], config: PairConfig | None = None):
         self.config = config or PairConfig()
-        self.epoch = 0
         self.clips = []
         self._sources: list[np.ndarray] = []
         for c in clips:
@@ -386,16 +390,12 @@ class PairDataset(torch.utils.data.Dataset):
         if not self.clips:
             raise InputFileError("no prepared clip has a usable (source, driving) pair")
 
-    def set_epoch(self, epoch: int) -> None:
-        """Pairs of a new epoch (call before each epoch, as for a DistributedSampler)."""
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
-        return self.config.samples_per_epoch
+        return self.config.length
 
     def draw(self, index: int) -> tuple[int, int, int]:
-        """``(clip number, source frame, driving frame)`` of item ``index`` in the current epoch."""
-        rng = np.random.default_rng((self.config.seed, self.epoch, int(index)))
+        """``(clip number, source frame, driving frame)`` of item ``index``."""
+        rng = np.random.default_rng((self.config.seed, int(index)))
         ci = int(rng.integers(len(self.clips)))
         clip = self.clips[ci]
         src = int(rng.choice(self._sources[ci]))

@@ -10,13 +10,15 @@ re-prepares. Implementations:
 
 * ``source``: no motion, returns the source crop (the evaluation baseline).
 * ``mesh``: the dense-landmark warp (:mod:`avatar_engine.warp`), no learned weights.
+* ``neural``: the trained warping + refinement model (:mod:`avatar_engine.neural_renderer`); falls
+  back to ``mesh`` with a warning when its weights are missing or corrupt.
 
 ``create_renderer(name)`` builds one by name; ``RENDERER_NAMES`` lists the names.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -114,7 +116,13 @@ class MeshRenderer(Renderer):
         return tensor_to_image(self._warp.warp(self._source_tensor, grid))
 
 
-_RENDERERS: dict[str, type[Renderer]] = {"source": SourceRenderer, "mesh": MeshRenderer}
+def _neural(device: torch.device | str = "cpu", **kwargs: Any) -> Renderer:
+    from .neural_renderer import create_neural_renderer  # imports this module: resolved at call time
+
+    return create_neural_renderer(device, **kwargs)
+
+
+_RENDERERS: dict[str, Callable[..., Renderer]] = {"source": SourceRenderer, "mesh": MeshRenderer, "neural": _neural}
 RENDERER_NAMES: tuple[str, ...] = tuple(_RENDERERS)
 
 
