@@ -184,7 +184,8 @@ class _Generator(nn.Module):
 
 @dataclass
 class TrainReport:
-    """End of a run: steps done (total, this run), seconds, last logged losses, last validation."""
+    """End of a run: steps done (total, this run), seconds, last logged losses, last validation, and a
+    fingerprint of this process's weights (sum of |w| in float64: equal on every DDP replica)."""
 
     steps: int
     steps_this_run: int
@@ -192,6 +193,7 @@ class TrainReport:
     last_losses: dict[str, float]
     last_val: dict[str, float]
     checkpoint: Path
+    fingerprint: float
 
 
 def _seed_all(seed: int) -> None:
@@ -439,7 +441,9 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
         bar.close()
         if trainer.step == start:
             trainer.save_checkpoint()
-        return TrainReport(trainer.step, trainer.step - start, time.time() - t0, last, last_val, trainer.ckpt_path)
+        fingerprint = float(sum(p.detach().double().abs().sum() for p in trainer.model.parameters()))
+        return TrainReport(trainer.step, trainer.step - start, time.time() - t0, last, last_val, trainer.ckpt_path,
+                           fingerprint)
     finally:
         cleanup_distributed()
 
