@@ -18,7 +18,7 @@ from .stderr_filter import filtered_stderr
 
 __all__ = ["main", "build_parser"]
 
-RENDERER_CHOICES = ("mesh", "source")
+RENDERER_CHOICES = ("mesh", "neural", "source")
 
 
 def _add_render(sub: argparse._SubParsersAction) -> None:
@@ -172,6 +172,43 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
     for add in _TRAIN_TARGETS:
         add(targets)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the neural renderer on a prepared cache (resumable; torchrun for DDP)",
+                       description="Train the warping + refinement networks on self-reenactment pairs from the "
+                                   "'prepare' cache: warp stage, then warp + refine. Re-running with the same "
+                                   "--output resumes. Under torchrun (e.g. torchrun --nproc-per-node 8 "
+                                   "$(which avatar-engine) train ...) it trains with DistributedDataParallel.")
+    p.add_argument("--config", type=Path, required=True, help="TOML config (configs/neural_lite.toml, neural_full.toml)")
+    p.add_argument("--output", type=Path, required=True, help="run folder: checkpoint, loss log, samples")
+    p.add_argument("--cache", type=Path, default=None, help="prepare cache (default: the prepare default)")
+    p.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--export", type=Path, default=None,
+                   help="afterwards, write the renderer's fp16 safetensors weights here (rank 0)")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .dataset import default_cache_dir
+    from .training.trainer import export_weights, load_train_config, train
+
+    _set_threads(args.threads)
+    config = load_train_config(args.config)
+    report = train(config, args.cache or default_cache_dir(), args.output, steps=args.steps, device=args.device,
+                   progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in report.last_losses.items())
+    print(f"step {report.steps} ({report.steps_this_run} this run, {report.seconds:.0f} s); {losses}")
+    if report.last_val:
+        print("val: " + ", ".join(f"{k} {v:.4f}" for k, v in report.last_val.items()))
+    if args.export is not None:
+        export_weights(report.checkpoint, args.export)
+        print(f"wrote {args.export}")
+    return 0
 
 
 def _size_arg(text: str) -> tuple[int, int]:
