@@ -45,12 +45,12 @@ class SuperResolutionConfig:
     Attributes:
         weights: safetensors file (default: the shipped light model).
         mode: ``"stream"`` (one time slice per frame) or ``"window"`` (recompute the last T frames).
-        device: torch device.
+        device: torch device; None = the device the caller passes (the renderer's), else the CPU.
     """
 
     weights: Path | None = None
     mode: str = "stream"
-    device: str = "cpu"
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("stream", "window"):
@@ -114,11 +114,13 @@ class SuperResolver:
     Args:
         net: the network (see :func:`load_sr_net`); None loads ``config.weights``.
         config: stage options.
+        device: where to run when ``config.device`` is None (default: the CPU).
     """
 
-    def __init__(self, net: SRNet | None = None, config: SuperResolutionConfig | None = None):
+    def __init__(self, net: SRNet | None = None, config: SuperResolutionConfig | None = None,
+                 device: torch.device | str | None = None):
         self.config = config or SuperResolutionConfig()
-        self.device = torch.device(self.config.device)
+        self.device = torch.device(self.config.device or device or "cpu")
         self.net = (net if net is not None else load_sr_net(self.config.weights, self.device)).to(self.device).eval()
         self.state = self.net.new_state()
         self.window = RingBuffer(self.net.frames)
