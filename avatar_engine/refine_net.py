@@ -7,7 +7,7 @@ code.
 
 Per frame, the source features are warped with the final grid (downsampled), and, with the occlusion
 map, the target connectivity image and the warped image, give the *motion* conditioning at each
-level. The decoder runs a cascade of :class:`FusionBlock` at S/4 then one at S/2; in each block
+level. The decoder runs a cascade of :class:`FusionBlock` at S/4 then (``mid_block``) one at S/2; in each block
 
     h_id     = IN(h) * (1 + gamma_id(z_id)) + beta_id(z_id)          (AdaIN: identity-aware)
     h_motion = IN(h) * (1 + gamma_m(m)) + beta_m(m)                  (spatial FiLM from the warped source)
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .warp_net import AdaIN
 
-__all__ = ["RefineNetConfig", "RefineNet", "RefineSourceCache", "RefineOutput", "FusionBlock", "downsample_grid"]
+__all__ = ["RefineNetConfig", "RefineNet", "RefineSourceCache", "RefineOutput", "FusionBlock", "downsample_grid", "resize"]
 
 
 @dataclass
@@ -43,7 +43,9 @@ class RefineNetConfig:
         head_channels: width of the head.
         head_scale: the head runs at S / head_scale (1: full resolution; 2: its correction is
             upsampled bilinearly, the warped image keeps the full-resolution detail).
-        blocks: fusion blocks at S/4 (one more runs at S/2).
+        blocks: fusion blocks at S/4.
+        mid_block: one more fusion block at S/2 (with the source features warped at S/2); without it the
+            decoder goes from S/4 straight to the head (cheaper: the lite model).
         id_dim: size of the identity embedding (dlib: 128).
         id_code_dim: size of the identity code after the MLP.
     """
@@ -53,6 +55,7 @@ class RefineNetConfig:
     head_channels: int = 8
     head_scale: int = 2
     blocks: int = 2
+    mid_block: bool = False
     id_dim: int = 128
     id_code_dim: int = 128
 
@@ -68,12 +71,23 @@ def _conv(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride, k // 2)
 
 
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, size, size)``: unchanged if already that size, area average for an integer
+    downscale, bilinear otherwise (align_corners=False)."""
+    h = x.shape[-1]
+    if h == size:
+        return x
+    if h > size and h % size == 0:
+        return F.avg_pool2d(x, h // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def downsample_grid(grid: torch.Tensor, size: int) -> torch.Tensor:
     """A ``grid_sample`` grid ``(B, S, S, 2)`` (align_corners=False) at ``size x size``: area average,
     which samples each low-resolution pixel at the mean position of the pixels it covers. -> ``(B, size, size, 2)``."""
     if grid.shape[1] == size:
         return grid
-    return F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+    return resize(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
 
 
 class FusionBlock(nn.Module):
@@ -135,12 +149,13 @@ class RefineNet(nn.Module):
                                     nn.Linear(cfg.id_code_dim, cfg.id_code_dim))
         extra = 1 + 3 + 3  # occlusion, target lines, warped image
         self.motion_low = _conv(cl + extra, cl)
-        self.motion_mid = _conv(cm + extra, cm)
         self.stem = _conv(cl + extra, cl)
         self.low_blocks = nn.ModuleList(FusionBlock(cl, cl, cfg.id_code_dim) for _ in range(cfg.blocks))
-        self.to_mid = _conv(cl, cm)
-        self.mid_block = FusionBlock(cm, cm, cfg.id_code_dim)
-        self.to_head = _conv(cm, ch, k=1)
+        if cfg.mid_block:
+            self.motion_mid = _conv(cm + extra, cm)
+            self.to_mid = _conv(cl, cm)
+            self.mid_block = FusionBlock(cm, cm, cfg.id_code_dim)
+        self.to_head = _conv(cm if cfg.mid_block else cl, ch, k=1)
         self.head1 = _conv(ch + 3 + 1, ch)
         self.head2 = _conv(ch, 3)
         nn.init.zeros_(self.head2.weight)
@@ -164,13 +179,11 @@ class RefineNet(nn.Module):
         """
         b, _, s, _ = warped.shape
         mid_src, low_src, z = cache.mid, cache.low, cache.z
-        if mid_src.shape[0] != b:
+        if low_src.shape[0] != b:
             mid_src, low_src, z = (t.expand(b, *t.shape[1:]) for t in (mid_src, low_src, z))
 
         def cond(size: int) -> torch.Tensor:
-            return torch.cat([F.interpolate(occlusion, size=(size, size), mode="bilinear", align_corners=False),
-                              F.interpolate(target_lines, size=(size, size), mode="bilinear", align_corners=False),
-                              F.adaptive_avg_pool2d(warped, size)], 1)
+            return torch.cat([resize(occlusion, size), resize(target_lines, size), resize(warped, size)], 1)
 
         low_in = torch.cat([F.grid_sample(low_src, downsample_grid(grid, s // 4), mode="bilinear",
                                           padding_mode="border", align_corners=False), cond(s // 4)], 1)
@@ -180,19 +193,15 @@ class RefineNet(nn.Module):
         for block in self.low_blocks:
             h, mask = block(h, m_low, z)
             masks.append(mask)
-        mid_in = torch.cat([F.grid_sample(mid_src, downsample_grid(grid, s // 2), mode="bilinear",
-                                          padding_mode="border", align_corners=False), cond(s // 2)], 1)
-        m_mid = F.leaky_relu(self.motion_mid(mid_in), 0.2)
-        h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
-        h, mask = self.mid_block(F.leaky_relu(self.to_mid(h), 0.2), m_mid, z)
-        masks.append(mask)
+        if self.config.mid_block:
+            mid_in = torch.cat([F.grid_sample(mid_src, downsample_grid(grid, s // 2), mode="bilinear",
+                                              padding_mode="border", align_corners=False), cond(s // 2)], 1)
+            m_mid = F.leaky_relu(self.motion_mid(mid_in), 0.2)
+            h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+            h, mask = self.mid_block(F.leaky_relu(self.to_mid(h), 0.2), m_mid, z)
+            masks.append(mask)
         hs = s // self.config.head_scale
-        h = self.to_head(F.leaky_relu(h, 0.2))
-        if hs != h.shape[-1]:
-            h = F.interpolate(h, size=(hs, hs), mode="bilinear", align_corners=False)
-        occ = F.interpolate(occlusion, size=(hs, hs), mode="bilinear", align_corners=False)
-        w = warped if hs == s else F.adaptive_avg_pool2d(warped, hs)
-        delta = self.head2(F.leaky_relu(self.head1(torch.cat([h, w, occ], 1)), 0.2))
-        if hs != s:
-            delta = F.interpolate(delta, size=(s, s), mode="bilinear", align_corners=False)
+        h = resize(self.to_head(F.leaky_relu(h, 0.2)), hs)
+        delta = self.head2(F.leaky_relu(self.head1(torch.cat([h, resize(warped, hs), resize(occlusion, hs)], 1)), 0.2))
+        delta = resize(delta, s)
         return RefineOutput(warped + delta, masks)
