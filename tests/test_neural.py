@@ -60,7 +60,7 @@ def test_shapes_dtypes_and_mask_range(pair):
     for t in (out.image, out.warped, out.grid, out.residual, out.occlusion):
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
     assert ((out.occlusion > 0) & (out.occlusion < 1)).all()
-    assert len(out.masks) == model.config.refine.blocks + 1
+    assert len(out.masks) == model.config.refine.blocks + int(model.config.refine.mid_block)
     for m in out.masks:
         assert ((m > 0) & (m < 1)).all()
         assert m.std() > 0  # spatially varying, not a constant
