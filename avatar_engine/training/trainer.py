@@ -409,6 +409,7 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
                                              persistent_workers=False)
         t0 = time.time()
         acc: dict[str, float] = {}
+        counts: dict[str, int] = {}
         n_acc = 0
         last: dict[str, float] = {}
         last_val: dict[str, float] = {}
@@ -420,13 +421,14 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
             parts = trainer.train_step(batch)
             for k, v in parts.items():
                 acc[k] = acc.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             n_acc += 1
             bar.update(1)
             step = trainer.step
             if step % config.log_every == 0 or step == config.steps:
                 loss_mean = float(all_reduce_mean(torch.tensor(acc["loss"] / n_acc, device=dist_info.device)))
-                last = {k: v / n_acc for k, v in acc.items()} | {"loss": loss_mean}
-                acc, n_acc = {}, 0
+                last = {k: v / counts[k] for k, v in acc.items()} | {"loss": loss_mean}
+                acc, counts, n_acc = {}, {}, 0
                 if dist_info.is_main:
                     bar.set_postfix(loss=f"{loss_mean:.4f}")
                     with open(log_path, "a") as f:
