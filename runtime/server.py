@@ -227,6 +227,9 @@ class AvatarServer:
         """Close every session, the web server, the microphone and the local engine."""
         for sid in list(self.sessions):
             await self._close_session(sid, "server stopping")
+        deadline = time.monotonic() + 30.0
+        while self.sessions and time.monotonic() < deadline:  # sessions other tasks are releasing
+            await asyncio.sleep(0.05)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -391,7 +394,9 @@ class AvatarServer:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             info.state = pc.connectionState
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState == "connected":
+                session.tasks.append(asyncio.ensure_future(_fresh_keyframes(pc)))
+            elif pc.connectionState in ("failed", "closed"):
                 await self._close_session(info.id, f"connection {pc.connectionState}")
 
         session.tasks.append(asyncio.ensure_future(self._connect_watchdog(info.id)))
@@ -435,11 +440,15 @@ class AvatarServer:
             await self._close_session(sid, "peer never connected")
 
     async def _close_session(self, sid: str, reason: str) -> None:
-        session = self.sessions.pop(sid, None)
+        """Release a session; it stays listed in :attr:`sessions` until everything it owned has ended."""
+        session = self.sessions.get(sid)
         if session is None or session.closing:
             return
+        try:
+            await self._release(session)
+        finally:
+            self.sessions.pop(sid, None)
         log.info("session %s closed (%s)", sid[:8], reason)
-        await self._release(session)
 
     async def _release(self, session: _Session) -> None:
         """Stop a session's tracks, engine, audio and tasks, and close its peer connection."""
@@ -506,6 +515,22 @@ class AvatarServer:
         return web.json_response([{"id": s.info.id, "mode": s.info.mode, "state": s.info.state,
                                    "audio": s.info.audio, "report": s.info.report,
                                    "audio_delay_ms": self._delay_of(s)} for s in self.sessions.values()])
+
+
+async def _fresh_keyframes(pc: RTCPeerConnection, after_s: tuple[float, ...] = (0.3, 1.0)) -> None:
+    """Make the video encoder send keyframes shortly after the connection comes up.
+
+    The first keyframe can reach a peer before its receiver is ready; a receiver that does not ask
+    for another (aiortc's does not, browsers do) would decode garbage until the next one.
+    """
+    waited = 0.0
+    for t in after_s:
+        await asyncio.sleep(t - waited)
+        waited = t
+        for sender in pc.getSenders():
+            request = getattr(sender, "_send_keyframe", None)  # aiortc's PLI handler
+            if sender.track is not None and sender.track.kind == "video" and request is not None:
+                request()
 
 
 def serve(config: ServerConfig) -> None:

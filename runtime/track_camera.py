@@ -9,14 +9,14 @@ pipeline (capture thread, processing, output pacing, stats) renders the avatar f
     LiveEngine(LiveConfig(source=..., camera=camera, sinks=[hub], ...)).run()   # in a thread
 
 Only the newest received frame is kept (a slow engine skips frames, as with a webcam). Frames are
-converted to RGB in the engine's capture thread, not in the event loop.
+converted to RGB as they arrive: a decoded ``av.VideoFrame`` may share its memory with the decoder,
+which overwrites it with later frames.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
 
-import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -49,7 +49,7 @@ class TrackCamera(CameraSource):
         self._fps = float(fps)
         self.frame_timeout_s = float(frame_timeout_s)
         self.read_stamps = bool(read_stamps)
-        self._slot: LatestSlot[av.VideoFrame] = LatestSlot()
+        self._slot: LatestSlot[np.ndarray] = LatestSlot()
         self._opened = False
         self._read = 0
         self._stamps: OrderedDict[int, int] = OrderedDict()
@@ -61,7 +61,7 @@ class TrackCamera(CameraSource):
             while not self._slot.closed:
                 frame = await track.recv()
                 self.received += 1
-                self._slot.put(frame)
+                self._slot.put(frame.to_ndarray(format="rgb24"))
         except (MediaStreamError, asyncio.CancelledError):
             pass
         finally:
@@ -80,12 +80,11 @@ class TrackCamera(CameraSource):
         if not self._opened:
             raise CameraError(f"{self.name} is not open")
         try:
-            frame = self._slot.get(timeout=self.frame_timeout_s)
+            rgb = self._slot.get(timeout=self.frame_timeout_s)
         except SlotClosed:
             return None
-        if frame is None:
+        if rgb is None:
             raise CameraError(f"{self.name} sent no frame for {self.frame_timeout_s:g} s")
-        rgb = frame.to_ndarray(format="rgb24")
         if self.read_stamps:
             self._stamps[self._read] = read_stamp(rgb)
             while len(self._stamps) > 512:

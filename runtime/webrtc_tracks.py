@@ -229,6 +229,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._t0: float | None = None
         self._last_pts = -1
         self._last_sent_at = -math.inf
+        self._last_activity = time.monotonic()  # creation, then the last frame sent
         self._last_latency = 0.0
         self.frames_sent = 0
         self.frames_skipped = 0
@@ -242,7 +243,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             item = await self.hub.next(self._version, timeout=min(cfg.keepalive_s, cfg.frame_timeout_s))
             now = time.monotonic()
             if item is None:
-                if self.hub.closed or now - self._last_sent_at > cfg.frame_timeout_s:
+                if self.hub.closed or now - self._last_activity > cfg.frame_timeout_s:
                     self.stop()
                     raise MediaStreamError
                 latest = self.hub.latest()
@@ -256,7 +257,7 @@ class AvatarVideoTrack(MediaStreamTrack):
                 raise MediaStreamError
             self.frames_skipped += max(0, item.version - self._version - 1)
             self._version = item.version
-            self._last_sent_at = now
+            self._last_sent_at = self._last_activity = now
             return self._to_video_frame(item, now)
 
     def _to_video_frame(self, item: HubFrame, now: float) -> av.VideoFrame:
