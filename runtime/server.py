@@ -19,7 +19,8 @@ request needs the access token (``?token=`` or ``Authorization: Bearer``), compa
 (401 otherwise). Bodies over ``max_body_bytes`` get 413; a malformed, oversized or unusable offer
 gets 400 and nothing else changes; more than ``max_sessions`` sessions get 503. A session is closed
 (tracks stopped, engine and tasks ended) when its peer closes, fails ICE consent (vanishes), never
-connects within ``connect_timeout_s``, or the page says goodbye.
+connects within ``connect_timeout_s``, its page stops reporting for ``heartbeat_timeout_s``, or the
+page says goodbye.
 """
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ class ServerConfig:
         max_sessions: concurrent peer sessions; more get 503.
         max_body_bytes: request body limit (413 beyond). max_sdp_chars: an offer longer than this gets 400.
         connect_timeout_s: a session whose peer does not connect within this is closed.
+        heartbeat_timeout_s: a session whose page reported statistics and then stopped for this long
+            is closed (the browser crashed or lost the network).
         ice_servers: STUN/TURN URLs for the server's peer connections (none by default: host candidates
             only, no traffic to outside servers).
         video: size limit, keepalive, timing stamp of the sent video.
@@ -116,6 +119,7 @@ class ServerConfig:
     max_body_bytes: int = 256 * 1024
     max_sdp_chars: int = 64 * 1024
     connect_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 10.0
     ice_servers: list[str] = field(default_factory=list)
     video: VideoTrackConfig = field(default_factory=VideoTrackConfig)
     delay: DelayConfig = field(default_factory=DelayConfig)
@@ -163,6 +167,7 @@ class _Session:
         self.audio_in: TrackAudioSource | None = None
         self.audio: DelayedAudio | None = None
         self.closing = False
+        self.last_report = 0.0  # time.monotonic() of the page's last POST /stats (0: none yet)
 
 
 class AvatarServer:
@@ -399,7 +404,7 @@ class AvatarServer:
             elif pc.connectionState in ("failed", "closed"):
                 await self._close_session(info.id, f"connection {pc.connectionState}")
 
-        session.tasks.append(asyncio.ensure_future(self._connect_watchdog(info.id)))
+        session.tasks.append(asyncio.ensure_future(self._watchdog(info.id)))
         log.info("session %s (%s driving%s) started", info.id[:8], mode, ", with audio" if info.audio else "")
         return pc.localDescription, session
 
@@ -432,12 +437,24 @@ class AvatarServer:
 
         return stamp_of
 
-    async def _connect_watchdog(self, sid: str) -> None:
-        """Close a session whose peer never connects."""
-        await asyncio.sleep(self.config.connect_timeout_s)
-        session = self.sessions.get(sid)
-        if session is not None and session.pc.connectionState != "connected":
-            await self._close_session(sid, "peer never connected")
+    async def _watchdog(self, sid: str) -> None:
+        """Close a session whose peer never connects, or whose page stopped reporting (a browser that
+        vanished; peers that never report are left to ICE consent checks, which fail in ~30 s)."""
+        cfg = self.config
+        connected = False
+        while True:
+            await asyncio.sleep(0.5)
+            session = self.sessions.get(sid)
+            if session is None or session.closing:
+                return
+            now = time.monotonic()
+            connected = connected or session.pc.connectionState == "connected"
+            if not connected and now - session.info.created > cfg.connect_timeout_s:
+                await self._close_session(sid, "peer never connected")
+                return
+            if session.last_report > 0 and now - session.last_report > cfg.heartbeat_timeout_s:
+                await self._close_session(sid, f"the page went silent for {now - session.last_report:.0f} s")
+                return
 
     async def _close_session(self, sid: str, reason: str) -> None:
         """Release a session; it stays listed in :attr:`sessions` until everything it owned has ended."""
@@ -482,6 +499,7 @@ class AvatarServer:
         if session is None:
             raise web.HTTPNotFound(text="no such session")
         session.info.report = {k: v for k, v in body.items() if isinstance(k, str)}
+        session.last_report = time.monotonic()
         return web.json_response({"ok": True, "audio_delay_ms": self._delay_of(session)})
 
     def _delay_of(self, session: _Session) -> float:
