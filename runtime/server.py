@@ -31,6 +31,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -224,7 +225,8 @@ class AvatarServer:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
-        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        host = socket.gethostname() if cfg.host in ("0.0.0.0", "::", "") else cfg.host  # all interfaces
+        host = f"[{host}]" if ":" in host else host
         self.url = f"http://{host}:{self.port}/?token={self.token}"
         return self.url
 
