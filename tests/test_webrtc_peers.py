@@ -390,3 +390,37 @@ def test_connect_disconnect_cycles_leave_nothing_behind(data_dir):
             await server.stop()
 
     asyncio.run(asyncio.wait_for(run(), 150))
+
+
+def test_serve_command_prints_the_address_and_stops_cleanly(data_dir, tmp_path):
+    """``avatar-engine serve`` on all interfaces: prints the address with the token, answers 401 without
+    it, serves the page with it, and exits 0 on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "avatar_engine.cli", "serve", "--source", str(data_dir / PHOTO),
+           "--camera", str(data_dir / CLIP), "--loop", "--host", "0.0.0.0", "--port", "0", "--no-audio",
+           "--no-calibrate", "--renderer", "source", "--threads", "1"]
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = proc.stdout.readline()  # the address, once the server is up
+        assert "?token=" in line, (tmp_path / "serve.log").read_text()[-2000:]
+        port, token = line.split(":")[2].split("/")[0], line.strip().split("?token=")[1]
+        base = f"http://127.0.0.1:{port}/"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base, timeout=10)
+        assert err.value.code == 401
+        with urllib.request.urlopen(f"{base}?token={token}", timeout=10) as r:
+            assert r.status == 200 and b"client.js" in r.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        log.close()

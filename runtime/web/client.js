@@ -160,6 +160,9 @@ async function start() {
   pc = new RTCPeerConnection({iceServers: []});
   pc.addEventListener("connectionstatechange", () => setState(pc.connectionState, pc.connectionState === "connected"));
   pc.addEventListener("track", (e) => {
+    // a video call wants the picture now: ask the receiver for as little buffering as it can do
+    if ("jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = 0;
+    else if ("playoutDelayHint" in e.receiver) e.receiver.playoutDelayHint = 0;
     if (!video.srcObject) video.srcObject = e.streams[0] || new MediaStream();
     if (!e.streams[0]) video.srcObject.addTrack(e.track);
   });
