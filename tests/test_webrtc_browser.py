@@ -87,7 +87,8 @@ def test_chromium_receives_local_avatar_with_audio(data_dir):
 
 def test_chromium_remote_driving_from_a_val_clip(data_dir, tmp_path):
     """Remote driving: Chromium's fake camera plays a val clip; the server renders the avatar from it
-    and sends it back; the frame the page decoded shows a face."""
+    and sends it back with the page's own (fake) microphone delayed to match; the frame the page
+    decoded shows a face."""
     from avatar_engine.landmarks import LandmarkDetector
 
     frames = [rgb for rgb, _ in iter_frames(data_dir / CLIP, max_frames=75)]
@@ -100,9 +101,12 @@ def test_chromium_remote_driving_from_a_val_clip(data_dir, tmp_path):
         try:
             with chromium(f"{server.url}&mode=remote&autostart=1&report=500&snapshot=1", fake_video=clip) as browser:
                 await _wait_report(server, browser, lambda r, s: r.get("framesDecoded", 0) >= 20
-                                   and s.info.snapshot is not None and s.engine.stats.processed >= 20, 90)
+                                   and s.info.snapshot is not None and s.engine.stats.processed >= 20
+                                   and r.get("audioSamples", 0) > 0, 90)
                 session = next(iter(server.sessions.values()))
                 assert session.info.mode == "remote" and session.camera.received >= 20
+                # the page's microphone (Chromium's fake one) came back, held back by the avatar's latency
+                assert session.info.audio and session.audio.delay_ms > 0
                 assert session.engine.stats.processed - session.engine.stats.no_face >= 10, "faces in the camera"
                 return session.info.snapshot
         finally:
