@@ -129,8 +129,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0 if any(c.frames_kept for c in report.clips) else 1
 
 
-def _add_train_sr(targets: argparse._SubParsersAction) -> None:
-    p = targets.add_parser("sr", help="temporal super-resolution 256 -> 512 (causal, streaming)",
+def _add_train_sr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-sr", help="train the temporal super-resolution stage 256 -> 512 (causal, streaming)",
                            description="Train the temporal SR network on the prepared cache (avatar-engine prepare "
                                        "--size 256 512). Stage 2d trains the frame-by-frame network; stage 3d "
                                        "inflates it (--init) to 3-D kernels over the last T frames and fine-tunes. "
@@ -162,16 +162,6 @@ def _run_train_sr(args: argparse.Namespace) -> int:
     print(f"wrote {report.weights}: {report.steps} steps in {report.seconds:.0f} s; last losses: {losses}; "
           f"{report.flops_per_frame / 1e9:.2f} GFLOP per streamed frame")
     return 0
-
-
-_TRAIN_TARGETS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train_sr,)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (targets: sr)")
-    targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
-    for add in _TRAIN_TARGETS:
-        add(targets)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -404,7 +394,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_render, _add_eval, _add_start, _add_doctor,
-                                                                       _add_prepare, _add_train, _add_serve)
+                                                                       _add_prepare, _add_train, _add_train_sr, _add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Training of the temporal super-resolution network (``avatar-engine train sr``).
+"""Training of the temporal super-resolution network (``avatar-engine train-sr``).
 
 Data: the prepared cache of :mod:`avatar_engine.dataset` (``avatar-engine prepare --size 256 512``):
 targets are the real 512 face crops, inputs the same frames' 256 crops, either as cut from the video
