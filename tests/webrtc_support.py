@@ -3,7 +3,7 @@
 Network isolation: WebRTC tests must not send traffic beyond loopback. :func:`loopback_netns`
 moves the test process's main thread into a new, empty network namespace (``unshare(CLONE_NEWNET)``,
 needs root / CAP_SYS_ADMIN) where only ``lo`` exists, with 127.0.0.1 and a second loopback address
-127.0.0.2 (aioice gathers every address except 127.0.0.1, so peers then meet on 127.0.0.2, which is
+127.0.0.2 (set up with ioctls, as ``ip addr add 127.0.0.2/8 dev lo label lo:1`` would) (aioice gathers every address except 127.0.0.1, so peers then meet on 127.0.0.2, which is
 loopback too). Sockets, threads and subprocesses (Chromium) created from the main thread meanwhile
 live in that namespace; afterwards the thread returns to the original namespace. Nothing in there
 can reach another machine, whatever the code under test tries.
@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -25,15 +29,36 @@ import numpy as np
 CLONE_NEWNET = 0x40000000
 
 
+_PROBE = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+          "sys.exit(0 if libc.unshare(0x40000000) == 0 else ctypes.get_errno())")
+
+
 def netns_unavailable_reason() -> str | None:
-    """Why :func:`loopback_netns` cannot work here (None when it can)."""
+    """Why :func:`loopback_netns` cannot work here (None when it can); probed in a child process."""
     if not os.path.exists("/proc/self/ns/net"):
         return "no network namespaces on this system"
-    if shutil.which("ip") is None:
-        return "the `ip` tool (iproute2) is missing"
     if os.geteuid() != 0:
         return "isolating the network (unshare CLONE_NEWNET) needs root"
+    status = subprocess.run([sys.executable, "-c", _PROBE], timeout=30).returncode
+    if status != 0:
+        return f"unshare(CLONE_NEWNET) is refused here ({os.strerror(status)})"
     return None
+
+
+def _loopback_up() -> None:
+    """In the new namespace: bring ``lo`` up and add 127.0.0.2 (as ``lo:1``), with ioctls (no iproute2 needed)."""
+    siocgifflags, siocsifflags, siocsifaddr, siocsifnetmask, iff_up = 0x8913, 0x8914, 0x8916, 0x891C, 0x1
+
+    def sockaddr(ip: str) -> bytes:
+        return struct.pack("HH4s8s", socket.AF_INET, 0, socket.inet_aton(ip), b"")
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for name in (b"lo", b"lo:1"):
+            if name == b"lo:1":
+                fcntl.ioctl(sock, siocsifaddr, struct.pack("16s16s", name, sockaddr("127.0.0.2")))
+                fcntl.ioctl(sock, siocsifnetmask, struct.pack("16s16s", name, sockaddr("255.0.0.0")))
+            flags = struct.unpack("16sH", fcntl.ioctl(sock, siocgifflags, struct.pack("16s16s", name, b""))[:18])[1]
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14s", name, flags | iff_up, b""))
 
 
 @contextlib.contextmanager
@@ -47,8 +72,7 @@ def loopback_netns():
         if libc.unshare(CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
         try:
-            for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "127.0.0.2/8", "dev", "lo"]):
-                subprocess.run(cmd, check=True, timeout=10, capture_output=True)
+            _loopback_up()
             yield
         finally:
             if libc.setns(original, CLONE_NEWNET) != 0:
