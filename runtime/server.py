@@ -15,7 +15,7 @@ session id), ``POST /stats`` (the page's receive statistics), ``POST /snapshot``
 decoded video, diagnostics), ``POST /close``, ``GET /sessions``.
 
 Security: binds to 127.0.0.1 unless ``host`` says otherwise; on any non-loopback address every
-request needs the access token (``?token=`` or ``Authorization: Bearer``), compared in constant time
+request (but the page's static script) needs the access token (``?token=`` or ``Authorization: Bearer``), compared in constant time
 (401 otherwise). Bodies over ``max_body_bytes`` get 413; a malformed, oversized or unusable offer
 gets 400 and nothing else changes; more than ``max_sessions`` sessions get 503. A session is closed
 (tracks stopped, engine and tasks ended) when its peer closes, fails ICE consent (vanishes), never
@@ -312,7 +312,8 @@ class AvatarServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler):
-        if self.require_token and not self.token_ok(request):
+        # the page's script is public (the page loads it without the token; it holds no secret)
+        if self.require_token and request.path != "/client.js" and not self.token_ok(request):
             return web.json_response({"error": "missing or wrong access token"}, status=401)
         return await handler(request)
 
@@ -348,6 +349,8 @@ class AvatarServer:
             raise web.HTTPBadRequest(text=f"mode must be one of {', '.join(MODES)}")
         if mode == "local" and self.local_hub is None:
             raise web.HTTPBadRequest(text="local driving is off on this server (no camera); use mode=remote")
+        if mode == "local" and self.local_hub.closed:
+            raise web.HTTPServiceUnavailable(text="the local engine has stopped (its camera ended); use mode=remote")
         if len(self.sessions) + self._pending >= cfg.max_sessions:
             raise web.HTTPServiceUnavailable(text=f"server busy: {cfg.max_sessions} sessions already")
         self._pending += 1

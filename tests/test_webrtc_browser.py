@@ -86,20 +86,22 @@ def test_chromium_receives_local_avatar_with_audio(data_dir):
 
 
 def test_chromium_remote_driving_from_a_val_clip(data_dir, tmp_path):
-    """Remote driving: Chromium's fake camera plays a val clip; the server renders the avatar from it
-    and sends it back with the page's own (fake) microphone delayed to match; the frame the page
-    decoded shows a face."""
+    """Remote driving, server on all interfaces (token required): Chromium's fake camera plays a val
+    clip; the server renders the avatar from it and sends it back with the page's own (fake)
+    microphone delayed to match; the frame the page decoded shows a face."""
     from avatar_engine.landmarks import LandmarkDetector
 
     frames = [rgb for rgb, _ in iter_frames(data_dir / CLIP, max_frames=75)]
     clip = write_y4m(frames, 25, tmp_path / "camera.y4m")
 
     async def run() -> bytes:
-        server = AvatarServer(ServerConfig(source=data_dir / PHOTO, camera=None, port=0, paste_back=False,
-                                           calibrate=False, renderer="mesh", threads=1))
+        server = AvatarServer(ServerConfig(source=data_dir / PHOTO, camera=None, host="0.0.0.0", port=0,
+                                           paste_back=False, calibrate=False, renderer="mesh", threads=1))
         await server.start()
+        assert server.require_token  # the page must pass the token on every request
+        url = f"http://127.0.0.1:{server.port}/?token={server.token}&mode=remote&autostart=1&report=500&snapshot=1"
         try:
-            with chromium(f"{server.url}&mode=remote&autostart=1&report=500&snapshot=1", fake_video=clip) as browser:
+            with chromium(url, fake_video=clip) as browser:
                 await _wait_report(server, browser, lambda r, s: r.get("framesDecoded", 0) >= 20
                                    and s.info.snapshot is not None and s.engine.stats.processed >= 20
                                    and r.get("audioSamples", 0) > 0, 90)

@@ -324,6 +324,11 @@ def test_access_token_and_bad_requests(data_dir):
                         assert r.status == 401
                 async with http.get(f"{base}/", params=good) as r:
                     assert r.status == 200 and "client.js" in await r.text()
+                async with http.get(f"{base}/client.js") as r:  # loaded by the page without the token
+                    assert r.status == 200
+                for path in ("/sessions", "/stats", "/close", "/snapshot"):
+                    async with http.request("GET" if path == "/sessions" else "POST", f"{base}{path}") as r:
+                        assert r.status == 401, path
                 async with http.get(f"{base}/sessions", headers={"Authorization": f"Bearer {server.token}"}) as r:
                     assert r.status == 200 and await r.json() == []
                 bad_bodies = [b"not json", b"[1, 2]", b'{"type": "offer"}', b'{"type": "answer", "sdp": "v=0"}',
