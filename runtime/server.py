@@ -204,6 +204,8 @@ class AvatarServer:
     async def start(self) -> str:
         """Start the local engine (if any), the microphone and the web server. Returns :attr:`url`.
 
+        Call :meth:`stop` afterwards even when this raised (it releases what did start).
+
         Raises:
             CameraError, AvatarError: the local camera or the source photo is unusable.
             OSError: the address is in use.
@@ -280,11 +282,11 @@ class AvatarServer:
             report = engine.run()
         except BaseException as exc:
             if label == "local":
-                self._local_error = exc
-            if isinstance(exc, AvatarError):
-                log.error("%s engine: %s", label, exc)
-            else:
+                self._local_error = exc  # start() raises it when the engine never came up
+            if not isinstance(exc, AvatarError):
                 log.exception("%s engine failed", label)
+            elif label != "local" or self.local_hub.frames > 0:
+                log.error("%s engine: %s", label, exc)
             return
         self.engine_reports.append(report)
         log.info("%s engine stopped (%s): %d frames at %.1f fps", label, report.stop_reason,
