@@ -11,7 +11,8 @@ back). Every frame carries a timing stamp (16 black/white blocks in its bottom r
 the camera frame; remote driving, the time the page drew the camera frame it sent. The page reads
 the stamp of every frame it decodes (``requestVideoFrameCallback``) and reports ``now - stamp``.
 Prints a markdown table: latency p50/p99 (capture -> browser-decoded frame), frames per second
-decoded by the browser, the engine's own capture-to-output p50, and the round-trip time.
+decoded by the browser, the engine's own capture-to-output p50, the browser's mean jitter-buffer
+delay and decode time (its WebRTC statistics), and the round-trip time.
 
 Runs in a loopback-only network namespace (needs root; see ``tests/webrtc_support.py``); the
 server, its engines and Chromium all share this machine's CPU.
@@ -56,6 +57,7 @@ async def measure(mode: str, size: int, args, clip_y4m: Path) -> dict:
     latencies: list[float] = []
     rtts: list[float] = []
     seen: set[int] = set()
+    buffer_ms = decode_ms = float("nan")  # the browser's mean jitter-buffer delay and decode time (session totals)
     try:
         with chromium(url, fake_video=clip_y4m if mode == "remote" else None) as browser:
             t_end = time.monotonic() + args.warmup + args.seconds
@@ -75,6 +77,8 @@ async def measure(mode: str, size: int, args, clip_y4m: Path) -> dict:
                     latencies += [float(v) for v in report.get("latencyMs", [])]
                     if report.get("rttMs") is not None:
                         rtts.append(float(report["rttMs"]))
+                    if report.get("jitterBufferMs") is not None:
+                        buffer_ms, decode_ms = float(report["jitterBufferMs"]), float(report.get("decodeMs", "nan"))
                     sample = (now, int(report.get("framesDecoded", 0)))
                     first = first or sample
                     last = sample
@@ -89,7 +93,8 @@ async def measure(mode: str, size: int, args, clip_y4m: Path) -> dict:
     return {"mode": mode, "size": size, "n": lat.size,
             "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
             "p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),
-            "fps": fps, "engine_p50": engine_p50, "rtt": float(np.median(rtts)) if rtts else float("nan")}
+            "fps": fps, "engine_p50": engine_p50, "rtt": float(np.median(rtts)) if rtts else float("nan"),
+            "buffer": buffer_ms, "decode": decode_ms}
 
 
 def main() -> None:
@@ -121,11 +126,11 @@ def main() -> None:
     print(f"\n{os.cpu_count()} CPU cores, renderer {args.renderer}, torch threads {args.threads}, "
           f"{args.seconds:g} s per row after {args.warmup:g} s warm-up\n")
     print("| driving | size | capture -> decoded p50 (ms) | p99 (ms) | decoded fps | engine capture -> output p50 (ms) "
-          "| round trip (ms) |")
-    print("|---|---|---|---|---|---|---|")
+          "| browser jitter buffer (ms) | browser decode (ms) | round trip (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['size']} | {r['p50']:.0f} | {r['p99']:.0f} | {r['fps']:.1f} | "
-              f"{r['engine_p50']:.0f} | {r['rtt']:.1f} |")
+              f"{r['engine_p50']:.0f} | {r['buffer']:.0f} | {r['decode']:.1f} | {r['rtt']:.1f} |")
 
 
 if __name__ == "__main__":

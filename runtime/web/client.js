@@ -112,6 +112,8 @@ async function collectStats() {
       out.fps = s.framesPerSecond || 0;
       out.width = s.frameWidth || 0;
       out.height = s.frameHeight || 0;
+      if (s.jitterBufferEmittedCount) out.jitterBufferMs = 1000 * s.jitterBufferDelay / s.jitterBufferEmittedCount;
+      if (s.framesDecoded) out.decodeMs = 1000 * (s.totalDecodeTime || 0) / s.framesDecoded;
     } else if (s.type === "inbound-rtp" && s.kind === "audio") {
       out.audioSamples = s.totalSamplesReceived || 0;
       out.audioLevel = s.audioLevel ?? null;
