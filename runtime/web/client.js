@@ -185,7 +185,9 @@ async function start() {
   const answer = await post("/offer", {sdp: pc.localDescription.sdp, type: "offer", mode});
   session = answer.session;
   await pc.setRemoteDescription({sdp: answer.sdp, type: answer.type});
-  video.muted = !answer.audio;
+  // remote driving sends back the page's own voice: received (in sync, for recording or forwarding) but
+  // not played here, where it would be an echo
+  video.muted = !answer.audio || mode === "remote";
   video.play().catch(() => { video.muted = true; video.play(); });
   if (stamp) watchStamps(video);
   const snapEvery = Number(params.get("snapshot") || 0);
