@@ -87,7 +87,7 @@ def load_average() -> str:
         return "n/a"
 
 
-def machine() -> str:
+def machine(threads: int | None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -97,7 +97,7 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads or torch.get_num_threads()} threads"
 
 
 def run(clip: Path, source: Path, size: int, seconds: float, renderer: str,
@@ -133,7 +133,7 @@ def main() -> None:
         drop = 100.0 * r.dropped_camera / max(r.frames_captured + r.dropped_camera, 1)
         rows.append(f"| {size} | {r.fps:.1f} | {r.latency_p50_ms:.0f} | {r.latency_p99_ms:.0f} | "
                     f"{r.dropped_camera} ({drop:.0f} %) | {cpu_ms:.0f} | {stages} |")
-    print(f"machine: {machine()}; load average (1/5/15 min) before {load_before}, after {load_average()} "
+    print(f"machine: {machine(args.threads)}; load average (1/5/15 min) before {load_before}, after {load_average()} "
           f"({time.monotonic() - t0:.0f} s)")
     print(f"camera: {args.clip.name} at 30 fps (real-time playback), source {args.source.name}, "
           f"renderer {args.renderer}, {args.seconds:g} s per size, virtual camera 1280x720 @ 30 fps")
