@@ -6,6 +6,11 @@ photo. It is used the same way by the offline ``render`` command, the live engin
 
 When the driving frame has no face, the avatar holds its last pose for ``hold_s`` seconds, then eases
 back to the source's neutral pose; when the face returns it eases into the driven pose again.
+
+With a source prepared at 512 and ``ReenactConfig.super_resolution`` set (the default), the renderer
+works at 256 on the downscaled source and the temporal super-resolution stage
+(:class:`~avatar_engine.super_resolution.SuperResolver`: causal, streaming) lifts each rendered crop to
+512 before paste-back; its frame history restarts when the driving face is lost.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .landmarks import LandmarkConfig, LandmarkDetector
 from .renderers import Renderer
 from .retarget import MotionRetargeter, RetargetConfig
 from .source import SourceFace
+from .super_resolution import SuperResolutionConfig, SuperResolver, downscale_source
 
 __all__ = ["ReenactConfig", "FrameResult", "Reenactor"]
 
@@ -34,6 +40,8 @@ class ReenactConfig:
         hold_s: with no face in view, hold the last pose this long ...
         ease_out_s: ... then ease back to neutral over about this long;
         ease_in_s: when the face returns, ease into the driven pose over about this long.
+        super_resolution: the SR stage for 512 sources (render at 256, lift to 512); None renders
+            at the source size directly.
     """
 
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
@@ -42,6 +50,7 @@ class ReenactConfig:
     hold_s: float = 0.5
     ease_out_s: float = 1.0
     ease_in_s: float = 0.25
+    super_resolution: SuperResolutionConfig | None = field(default_factory=SuperResolutionConfig)
 
 
 @dataclass
@@ -54,7 +63,7 @@ class FrameResult:
         target: ``(478, 3) float32`` landmarks rendered, in source-crop pixels.
         driving: ``(478, 3) float32`` driving landmarks in driving-frame pixels, or None (no face).
         face_found: whether the driving frame had a face.
-        timings_ms: per-stage milliseconds (landmarks, retarget, render, paste).
+        timings_ms: per-stage milliseconds (landmarks, retarget, render, [sr,] paste).
     """
 
     frame: np.ndarray
@@ -78,12 +87,18 @@ class Reenactor:
         self.config = config or ReenactConfig()
         self.source = source
         self.renderer = renderer
+        self.super_resolver: SuperResolver | None = None
+        self.render_source = source  # what the renderer animates: the 256 version under super-resolution
+        if self.config.super_resolution is not None and source.size == 512:
+            self.super_resolver = SuperResolver(config=self.config.super_resolution, device=renderer.device)
+            self.render_source = downscale_source(source, self.super_resolver.input_size)
         self.detector = LandmarkDetector(self.config.landmarks, static=False)
-        self.retargeter = MotionRetargeter(source.landmarks, self.config.retarget)
-        self._shown = source.landmarks.copy()
+        self.retargeter = MotionRetargeter(self.render_source.landmarks, self.config.retarget)
+        self._shown = self.render_source.landmarks.copy()
         self._last_t: float | None = None
         self._last_face_t: float | None = None
         self._recovering = False
+        self._face_in_view = False
 
     def recalibrate(self) -> None:
         """Take the next driving frame with a face as the driver's neutral pose."""
@@ -109,9 +124,18 @@ class Reenactor:
         target = self._next_target(points, t)
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
-        crop = self.renderer.render(self.source, target)
+        crop = self.renderer.render(self.render_source, target)
         t3 = time.perf_counter()
         timings["render"] = (t3 - t2) * 1e3
+        if self.super_resolver is not None:
+            if points is None and self._face_in_view:
+                self.super_resolver.reset()  # face lost: restart the frame history
+            self._face_in_view = points is not None
+            crop = self.super_resolver(crop, self.render_source.key)
+            target = (target * (self.source.size / self.render_source.size)).astype(np.float32)
+            t4 = time.perf_counter()
+            timings["sr"] = (t4 - t3) * 1e3
+            t3 = t4
         frame = self.source.crop.paste_back(self.source.image, crop) if self.config.paste_back else crop
         timings["paste"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(frame, crop, target, points, points is not None, timings)
@@ -132,7 +156,7 @@ class Reenactor:
             return self._shown.copy()
         self._recovering = True
         if self._last_face_t is None or t - self._last_face_t > cfg.hold_s:
-            self._shown = _ease(self._shown, self.source.landmarks, dt, cfg.ease_out_s)
+            self._shown = _ease(self._shown, self.render_source.landmarks, dt, cfg.ease_out_s)
         return self._shown.copy()
 
     def close(self) -> None:

@@ -169,7 +169,7 @@ def build_render_inputs(cache: Path, inputs: Path, split: str, min_source_side: 
                 warp = MeshWarp(np.asarray(clip.landmarks[first]), 256, WarpConfig(), "cpu")
                 src = image_to_tensor(np.array(clip.frames[first]))
                 for i in range(seg["start"], seg["stop"]):
-                    grid = warp.grid(torch.from_numpy(np.asarray(clip.landmarks[i], np.float32))[None])
+                    grid = warp.grid(torch.from_numpy(np.array(clip.landmarks[i], np.float32))[None])
                     frames[i] = tensor_to_image(warp.warp(src, grid))
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp.npy")
