@@ -638,7 +638,8 @@ class _Sinks:
         """Open what ``cfg`` asks for; ``frame_size = (W, H)`` of the avatar frames.
 
         Raises:
-            VirtualCameraError: the virtual camera failed and there is no preview or recording.
+            VirtualCameraError: the virtual camera failed and there is no other output (preview,
+                recording, or an extra sink from ``cfg.sinks`` such as a WebRTC track).
         """
         if cfg.preview:
             if display_available():
@@ -657,9 +658,12 @@ class _Sinks:
                 vcam.open()
             except VirtualCameraError as exc:
                 self.vcam_error = str(exc)
-                if self.preview is None and self.recorder is None:
+                others = [name for name, there in (("preview", self.preview is not None),
+                                                   ("recording", self.recorder is not None),
+                                                   ("other outputs", bool(cfg.sinks))) if there]
+                if not others:
                     raise
-                log.warning("%s; the %s keeps working", exc, "preview" if self.preview is not None else "recording")
+                log.warning("%s; the %s keep%s working", exc, " and ".join(others), "" if len(others) > 1 else "s")
             else:
                 self.vcam = vcam
                 self.vcam_device = vcam.device
