@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 import pyvirtualcam  # noqa: E402
 import torch  # noqa: E402
 
+from machine import machine  # noqa: E402
 from runtime.engine import LiveConfig, LiveEngine, LiveReport  # noqa: E402
 from runtime.sinks import FrameSink, OutputInfo, VirtualCameraConfig  # noqa: E402
 
@@ -85,19 +85,6 @@ def load_average() -> str:
         return " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def machine(threads: int | None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads or torch.get_num_threads()} threads"
 
 
 def run(clip: Path, source: Path, size: int, seconds: float, renderer: str,

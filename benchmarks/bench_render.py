@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+from machine import machine  # noqa: E402
 from avatar_engine.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
 from avatar_engine.rasterizer import ConnectivityRasterizer, RasterConfig  # noqa: E402
 from avatar_engine.renderers import image_to_tensor, tensor_to_image  # noqa: E402
@@ -29,18 +29,6 @@ from avatar_engine.video import VideoWriter, iter_frames  # noqa: E402
 from avatar_engine.warp import MeshWarp  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def bench(clip: Path, source_path: Path, size: int, frames: int) -> dict[str, float]:

@@ -8,27 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from media import psnr, read_frames
 from avatar_engine.crop import CropConfig, FaceCrop, StableCropper, crop_from_landmarks, face_extent
 from avatar_engine.imageio import read_image
 from avatar_engine.landmarks import LandmarkConfig, LandmarkDetector, detect_source_landmarks, face_bbox
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
-def first_frames(path: Path, count: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < count:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    assert frames, f"cannot read {path}"
-    return frames
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +33,7 @@ def samples(by_id) -> list[tuple[str, np.ndarray, np.ndarray]]:
     frame (small face) and a 1200x1200 photo (large face)."""
     out = []
     for key in ("C018", "C122"):
-        frame = first_frames(media(by_id, key), 1)[0]
+        frame = read_frames(media(by_id, key), 1)[0]
         out.append((key, frame, detect_source_landmarks(frame)[0]))
     photo = read_image(media(by_id, "I045"))
     out.append(("I045", photo, detect_source_landmarks(photo)[0]))
@@ -176,7 +159,7 @@ def test_framing_of_val_photos(data_dir, val_images):
 
 def test_stable_cropper(by_id):
     path = media(by_id, "C018")
-    frames = first_frames(path, 100)
+    frames = read_frames(path, 100)
     with LandmarkDetector(LandmarkConfig(smoothing=False), static=False) as det:
         tracks = [det.detect(f, i / 25.0) for i, f in enumerate(frames)]
     assert all(p is not None for p in tracks)

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from media import read_frames
 from avatar_engine.errors import NoFaceError
 from avatar_engine.imageio import read_image
 from avatar_engine.landmarks import (
@@ -17,20 +18,6 @@ from avatar_engine.landmarks import (
     detect_source_landmarks,
     face_bbox,
 )
-
-
-def read_frames(path: Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` frames of a video as ``(H, W, 3) uint8`` RGB."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < count:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    assert frames, f"cannot read {path}"
-    return frames
 
 
 def clip_path(data_dir: Path, val_clips: list[dict[str, str]], clip_id: str) -> Path:

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from webrtc_support import chromium, chromium_binary, loopback_netns, netns_unavailable_reason, write_y4m
+from webrtc_support import chromium, chromium_binary, isolated_network, netns_unavailable_reason, write_y4m  # noqa: F401
 
 from avatar_engine.video import iter_frames
 from runtime.audio import AUDIO_RATE, ArrayAudioSource
@@ -28,12 +28,6 @@ pytestmark = [
 
 CLIP = "clips/val/P004/C018.mp4"
 PHOTO = "images/val/P152/I036.png"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def isolated_network():
-    with loopback_netns():
-        yield
 
 
 async def _wait_report(server: AvatarServer, browser, predicate, timeout: float) -> dict:

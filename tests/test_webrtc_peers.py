@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from webrtc_support import loopback_netns, netns_unavailable_reason
+from webrtc_support import isolated_network, netns_unavailable_reason  # noqa: F401
 
 from runtime.audio import AUDIO_RATE, ArrayAudioSource, DelayedAudio, DelayedAudioTrack
 from runtime.capture import FileCamera
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.skipif(_NETNS is not None, reason=f"WebRTC tests need a
 
 CLIP = "clips/val/P004/C018.mp4"
 PHOTO = "images/val/P152/I036.png"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def isolated_network():
-    with loopback_netns():
-        yield
 
 
 def _server_config(data_dir, **kw) -> ServerConfig:

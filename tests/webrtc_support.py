@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 CLONE_NEWNET = 0x40000000
 
@@ -133,3 +134,10 @@ def chromium(url: str, fake_video: Path | None = None):
         if proc.stderr is not None:
             proc.stderr.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_network():
+    """Module-wide: run the module's tests in the loopback-only namespace (import it to use it)."""
+    with loopback_netns():
+        yield
