@@ -197,12 +197,17 @@ class NeuralAvatar(nn.Module):
 
 def save_weights(model: NeuralAvatar, path: str | Path, metadata: dict[str, str] | None = None,
                  half: bool = False) -> None:
-    """Write ``model``'s state dict (fp16 if ``half``) and its config (metadata ``config``) to a safetensors file."""
+    """Write ``model``'s state dict (fp16 if ``half``) and its config (metadata ``config``) to a safetensors file.
+
+    ``metadata`` adds string entries (``config`` and ``format`` are reserved)."""
     from safetensors.torch import save_file
 
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(model.config.to_dict()), "format": "avatar-engine-neural-v1", **(metadata or {})}
+    reserved = {"config", "format"} & set(metadata or {})
+    if reserved:
+        raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
+    meta = {**(metadata or {}), "config": json.dumps(model.config.to_dict()), "format": "avatar-engine-neural-v1"}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta)
 

@@ -87,6 +87,8 @@ def test_weights_round_trip_and_renderer(pair, tmp_path):
     _randomise(model, seed=1, scale=0.02)
     path = tmp_path / "m.safetensors"
     save_weights(model, path, {"note": "test"})
+    with pytest.raises(ValueError, match="reserved"):
+        save_weights(model, tmp_path / "x.safetensors", {"config": "mine"})
     loaded = load_model(path)
     src, src_pts, tgt, grid = _inputs(source, target, model)
     z = torch.randn(1, 128)
