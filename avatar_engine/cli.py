@@ -28,7 +28,8 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, type=Path, help="portrait photo (png/jpg)")
     p.add_argument("--driving", required=True, type=Path, help="driving video (mp4/mov/...)")
     p.add_argument("--output", required=True, type=Path, help="output mp4")
-    p.add_argument("--renderer", default="mesh", choices=RENDERER_CHOICES, help="renderer (default: %(default)s)")
+    p.add_argument("--renderer", default="neural", choices=RENDERER_CHOICES,
+                   help="renderer (default: %(default)s: the shipped trained model; mesh: the geometric warp)")
     p.add_argument("--size", type=int, default=256, choices=(256, 512), help="face-crop resolution (default: %(default)s)")
     p.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help="write the face crop only, not the whole photo")
@@ -231,7 +232,8 @@ def _add_start(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-realtime", dest="realtime", action="store_false",
                    help="play a video file as fast as it is processed (benchmarks, tests); output is unpaced")
     g = p.add_argument_group("avatar")
-    g.add_argument("--renderer", default="mesh", choices=RENDERER_CHOICES, help="renderer (default: %(default)s)")
+    g.add_argument("--renderer", default="neural", choices=RENDERER_CHOICES,
+                   help="renderer (default: %(default)s: the shipped trained model; mesh: the geometric warp)")
     g.add_argument("--size", type=int, default=256, choices=(256, 512),
                    help="face-crop resolution (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
