@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .warp_net import AdaIN
 
 __all__ = ["RefineNetConfig", "RefineNet", "RefineSourceCache", "RefineOutput", "FusionBlock", "downsample_grid", "resize"]
 
