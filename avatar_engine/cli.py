@@ -237,7 +237,9 @@ def _add_start(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--size", type=int, default=256, choices=(256, 512),
                    help="face-crop resolution (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s, fastest on small CPUs where more threads fight "
+                        "mediapipe and the other stages for the cores)")
     g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help="output the face crop only, not the whole photo")
     g.add_argument("--expression-scale", type=float, default=1.0, help="scale of transferred expressions")
@@ -320,7 +322,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--size", type=int, default=256, choices=(256, 512),
                    help="face-crop resolution (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s, fastest on small CPUs where more threads fight "
+                        "mediapipe and the other stages for the cores)")
     g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help="send the face crop only, not the whole photo")
     g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
