@@ -366,7 +366,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
     step = 0
     scheduler_state = None
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         if SRConfig.from_dict(ckpt["model_config"]) != net.config:
             raise AvatarError(f"checkpoint {ckpt_path} has another network shape; use another run directory")
         net.load_state_dict(ckpt["model"])

@@ -82,10 +82,10 @@ def test_ddp_world_size_two_and_resume(tiny_cache, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in log if r["kind"] == "train")
     last = [r for r in log if r["kind"] == "train"][-1]
     assert "out_l1" in last and "d_loss" in last  # the joint stage (refine + GAN) ran
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3
     # DDP kept the two replicas identical (and they moved away from the initialisation)
-    f0, f1 = (float(torch.load(out / f"fingerprint_{r}.pt")) for r in (0, 1))
+    f0, f1 = (float(torch.load(out / f"fingerprint_{r}.pt", weights_only=True)) for r in (0, 1))
     assert f0 == f1
     # resume single-process: continues at step 3, does one step
     report = train(_config(steps=4, warp_steps=1, batch_size=1, num_workers=0, val_every=4, val_pairs=2,

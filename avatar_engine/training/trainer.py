@@ -238,7 +238,7 @@ class _Trainer:
 
     # ---------------------------------------------------------------- state
     def _load_checkpoint(self) -> None:
-        state = torch.load(self.ckpt_path, map_location=self.dist.device, weights_only=False)
+        state = torch.load(self.ckpt_path, map_location=self.dist.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -453,7 +453,7 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
 def export_weights(checkpoint: str | Path, path: str | Path, half: bool = True,
                    metadata: dict[str, str] | None = None) -> None:
     """Write the renderer's safetensors file (fp16 by default) from a training checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = config_from_dict(TrainConfig, state["config"])
     model = NeuralAvatar(config.model)
     model.load_state_dict(state["model"])
