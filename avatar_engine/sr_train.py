@@ -47,6 +47,7 @@ from .errors import AvatarError, InputFileError
 from .eval.metrics import optical_flow
 from .sr_net import SRConfig, SRNet, inflate
 from .super_resolution import load_sr_net, save_sr_weights
+from .training.losses import ssim as ssim_signed
 
 __all__ = ["SRTrainConfig", "load_train_config", "build_render_inputs", "SRWindowDataset", "ssim_torch",
            "warp_by_flow", "sr_losses", "training_step", "train_sr", "SRTrainReport"]
@@ -242,27 +243,9 @@ class SRWindowDataset(torch.utils.data.Dataset):
         }
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(size, dtype=torch.float32) - size // 2) ** 2) / (2 * sigma * sigma))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
 def ssim_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of ``(B, C, H, W)`` images in ``[0, 1]`` (Gaussian 11 / 1.5, valid windows), differentiable."""
-    c = a.shape[1]
-    w = _gaussian_window().to(a)[None, None].expand(c, 1, -1, -1)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w, groups=c)
-
-    mu_a, mu_b = blur(a), blur(b)
-    saa = blur(a * a) - mu_a**2
-    sbb = blur(b * b) - mu_b**2
-    sab = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
-    return s.mean()
+    """Mean SSIM of ``(B, C, H, W)`` images in ``[0, 1]`` (the base model's differentiable SSIM)."""
+    return ssim_signed(a * 2 - 1, b * 2 - 1)
 
 
 def warp_by_flow(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
