@@ -135,7 +135,8 @@ def _add_train_sr(sub: argparse._SubParsersAction) -> None:
                            description="Train the temporal SR network on the prepared cache (avatar-engine prepare "
                                        "--size 256 512). Stage 2d trains the frame-by-frame network; stage 3d "
                                        "inflates it (--init) to 3-D kernels over the last T frames and fine-tunes. "
-                                       "Resumable (run it again to continue); DDP under torchrun.")
+                                       "Resumable (run it again to continue); DDP under torchrun. Also spelt "
+                                       "'avatar-engine train sr'.")
     p.add_argument("--config", required=True, type=Path, help="configs/sr_light.toml or configs/sr_gpu.toml")
     p.add_argument("--stage", required=True, choices=("2d", "3d"), help="training stage")
     p.add_argument("--init", type=Path, default=None, help="stage 3d: the stage-2d weights to inflate")
@@ -413,11 +414,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_compound(argv: list[str]) -> list[str]:
+    """``train sr ...`` is another spelling of ``train-sr ...``."""
+    for i, word in enumerate(argv):
+        if not word.startswith("-"):
+            if word == "train" and argv[i + 1: i + 2] == ["sr"]:
+                return [*argv[:i], "train-sr", *argv[i + 2:]]
+            break
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the process exit status."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: errors only
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_compound(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("avatar_engine").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -11,7 +11,10 @@ prepared frames), never inside the training loop. Only segments whose crop squar
 real detail to learn.
 
 Samples (:class:`SRWindowDataset`) are ``window = T + 1`` consecutive frames of one segment (one
-crop square), a random ``patch x patch`` region at 256 (``2 patch`` at 512), randomly mirrored. The
+crop square), a random ``patch x patch`` region at 256 (``2 patch`` at 512), randomly mirrored; the
+256 inputs of a share of the samples are degraded with sensor noise and JPEG coding drawn afresh for
+every frame (:mod:`avatar_engine.degrade`: the frame-to-frame noise the temporal taps learn to see
+through). The
 network's outputs for the last two frames are scored: L1 (both) + ``w_ssim * (1 - SSIM)`` (newest)
 + ``w_temporal *`` the temporal term: the newest output against the previous output warped by the
 ground-truth optical flow (Farneback on the 512 ground truth, newest -> previous), weighted by
@@ -43,6 +46,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .dataset import PreparedClip, default_cache_dir, load_prepared
+from .degrade import DegradeConfig, degrade_clip, sample_degradation
 from .errors import AvatarError, InputFileError
 from .eval.metrics import optical_flow
 from .sr_net import SRConfig, SRNet, inflate
@@ -65,6 +69,7 @@ class SRTrainConfig:
 
     Attributes:
         model: network shape (``frames`` is forced to 1 in stage ``2d``).
+        degrade: per-frame noise / JPEG degradation of the 256 inputs (:mod:`avatar_engine.degrade`).
         stage: ``"2d"`` (frame-by-frame) or ``"3d"`` (inflate ``init`` and fine-tune).
         init: start weights: stage ``3d``: a frame-by-frame file (inflated) or a temporal one; stage
             ``2d``: a frame-by-frame file to continue from (fresh optimiser and schedule).
@@ -81,6 +86,7 @@ class SRTrainConfig:
     """
 
     model: SRConfig = field(default_factory=SRConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
     stage: str = "2d"
     init: Path | None = None
     run_dir: Path = field(default_factory=lambda: default_cache_dir().parent / "sr_runs" / "light")
@@ -116,7 +122,8 @@ class SRTrainConfig:
 
 
 def load_train_config(path: str | Path, **overrides: object) -> SRTrainConfig:
-    """Read a ``configs/sr_*.toml`` (``[model]`` = :class:`SRConfig`, ``[train]`` = the rest).
+    """Read a ``configs/sr_*.toml`` (``[model]`` = :class:`SRConfig`, ``[degrade]`` =
+    :class:`~avatar_engine.degrade.DegradeConfig`, ``[train]`` = the rest).
 
     ``overrides`` (not None) replace ``[train]`` values.
     """
@@ -126,14 +133,15 @@ def load_train_config(path: str | Path, **overrides: object) -> SRTrainConfig:
     try:
         data = tomllib.loads(path.read_text())
         model = SRConfig.from_dict(dict(data.get("model", {})))
+        degrade = DegradeConfig.from_dict(dict(data.get("degrade", {})))
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
         raise AvatarError(f"bad SR config {path}: {exc}") from None
     train = {**data.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(SRTrainConfig)} - {"model"}
+    known = {f.name for f in dataclasses.fields(SRTrainConfig)} - {"model", "degrade"}
     unknown = set(train) - known
     if unknown:
         raise AvatarError(f"bad SR config {path}: unknown [train] options {', '.join(sorted(unknown))}")
-    return SRTrainConfig(model=model, **train)
+    return SRTrainConfig(model=model, degrade=degrade, **train)
 
 
 def _segment_sides(clip: PreparedClip) -> np.ndarray:
@@ -191,6 +199,7 @@ class SRWindowDataset(torch.utils.data.Dataset):
         render_fraction: probability of a renderer input when the clip has them.
         min_source_side: segments below this crop side (video pixels) are not sampled.
         length: nominal epoch length. seed: base seed (each index draws deterministically).
+        degrade: degradation of the inputs (one level per sample, fresh noise per frame).
 
     Items: ``inp (3, window, p, p)``, ``gt (3, window, 2p, 2p)`` float in ``[0, 1]``,
     ``flow (2, 2p, 2p)`` float32 backward flow newest -> previous in 512 pixels (dx, dy).
@@ -198,12 +207,14 @@ class SRWindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips256: list[PreparedClip], clips512: list[PreparedClip], window: int, patch: int,
                  render_inputs: dict[str, np.ndarray] | None = None, render_fraction: float = 0.0,
-                 min_source_side: float = 0.0, length: int = 10_000, seed: int = 0):
+                 min_source_side: float = 0.0, length: int = 10_000, seed: int = 0,
+                 degrade: DegradeConfig | None = None):
         by_id = {c.clip_id: c for c in clips512}
         self.pairs = [(c, by_id[c.clip_id]) for c in clips256 if c.clip_id in by_id]
         self.window, self.patch, self.length, self.seed = window, patch, length, seed
         self.render_inputs = render_inputs or {}
         self.render_fraction = render_fraction
+        self.degrade = degrade or DegradeConfig()
         self.starts: list[tuple[int, int]] = []  # (pair index, last frame of a window)
         for k, (c256, _) in enumerate(self.pairs):
             index = np.load(c256.path / "index.npy")
@@ -230,7 +241,9 @@ class SRWindowDataset(torch.utils.data.Dataset):
         inp = np.asarray((rendered if use_render else c256.frames)[sl])
         p = self.patch
         y, x = (int(v) for v in rng.integers(0, 256 - p + 1, size=2))
-        inp = inp[:, y: y + p, x: x + p]
+        noise = np.random.default_rng((self.seed, item, 1))  # its own stream: the sample's geometry stays put
+        inp = degrade_clip(np.ascontiguousarray(inp[:, y: y + p, x: x + p]), sample_degradation(self.degrade, noise),
+                           noise)
         gt = np.asarray(c512.frames[sl, 2 * y: 2 * (y + p), 2 * x: 2 * (x + p)])
         if rng.random() < 0.5:
             inp, gt = inp[:, :, ::-1], gt[:, :, ::-1]
@@ -374,7 +387,8 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
                         config.inputs)
     dataset = SRWindowDataset(clips256, clips512, config.model.frames + 1, config.patch, render_inputs,
                               config.render_fraction, config.min_source_side,
-                              length=config.steps * config.batch, seed=config.seed * 1000 + rank)
+                              length=config.steps * config.batch, seed=config.seed * 1000 + rank,
+                              degrade=config.degrade)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / max(1, config.steps))))
     if scheduler_state is not None:

@@ -3,13 +3,16 @@
     python benchmarks/eval_sr.py [--cache ~/.cache/avatar-engine/sr_prepared] [--split val]
         [--temporal avatar_engine/weights/sr_light.safetensors]
         [--frame avatar_engine/weights/sr_light_t1.safetensors]
-        [--max-frames 100] [--output reports/sr_eval.json]
+        [--max-frames 100] [--inputs cut codec mesh] [--output reports/sr_eval.json]
 
 Data: the prepared cache (``avatar-engine prepare --size 256 512``), segments whose crop square covers
 at least ``--min-side`` video pixels (smaller ones have no real 512 detail to score against). Each
 segment is one stream (the SR state is reset at its start). Two kinds of 256 input:
 
 * ``cut``: the 256 crop cut from the video (downscaled ground truth: pure super-resolution);
+* ``codec``: the same crops with camera noise and lossy coding that change from frame to frame
+  (:mod:`avatar_engine.degrade`: Gaussian noise ``--codec-sigma`` 8-bit levels, then JPEG at
+  ``--codec-quality``; fixed seed), the frame-to-frame noise temporal SR exists to see through;
 * ``mesh``: the mesh renderer's self-reenactment of the segment (its first frame warped to every
   frame's landmarks), the input the SR stage gets in the pipeline.
 
@@ -39,6 +42,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatar_engine.dataset import default_cache_dir, load_prepared  # noqa: E402
+from avatar_engine.degrade import Degradation, degrade_clip  # noqa: E402
 from avatar_engine.eval import metrics  # noqa: E402
 from avatar_engine.renderers import image_to_tensor, tensor_to_image  # noqa: E402
 from avatar_engine.super_resolution import DEFAULT_WEIGHTS, SuperResolver, load_sr_net  # noqa: E402
@@ -81,7 +85,9 @@ def main() -> int:
     ap.add_argument("--frame", type=Path, default=DEFAULT_WEIGHTS.with_name("sr_light_t1.safetensors"))
     ap.add_argument("--min-side", type=float, default=400.0)
     ap.add_argument("--max-frames", type=int, default=100, help="scored frames per clip")
-    ap.add_argument("--inputs", nargs="+", default=["cut", "mesh"], choices=("cut", "mesh"))
+    ap.add_argument("--inputs", nargs="+", default=["cut", "codec", "mesh"], choices=("cut", "codec", "mesh"))
+    ap.add_argument("--codec-sigma", type=float, default=4.0, help="noise std of the codec input (8-bit levels)")
+    ap.add_argument("--codec-quality", type=int, default=50, help="JPEG quality of the codec input")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
@@ -108,6 +114,9 @@ def main() -> int:
             for i in range(1, len(gt)):
                 gt_flicker.append(metrics.warp_error(gt[i - 1], gt[i]))
             inputs = {"cut": np.asarray(c256.frames[sl])}
+            if "codec" in args.inputs:
+                inputs["codec"] = degrade_clip(inputs["cut"], Degradation(args.codec_sigma, args.codec_quality),
+                                               np.random.default_rng(seg["start"]))
             if "mesh" in args.inputs:
                 inputs["mesh"] = _mesh_inputs(inputs["cut"], np.asarray(c256.landmarks[sl]))
             for kind in args.inputs:
@@ -132,6 +141,7 @@ def main() -> int:
         return 1
     gt_fl = float(np.nanmean(gt_flicker))
     result = {"segments": used, "gt_flicker": gt_fl, "temporal_weights": str(args.temporal),
+              "codec": {"sigma": args.codec_sigma, "quality": args.codec_quality},
               "frame_weights": str(args.frame), "seconds": time.perf_counter() - start,
               "scores": {f"{kind}/{m}": s.summary(gt_fl) for (kind, m), s in scores.items()}}
     print(f"{args.split}: {', '.join(used)}; GT flicker {gt_fl:.4f}")
