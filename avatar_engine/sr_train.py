@@ -51,6 +51,7 @@ from .errors import AvatarError, InputFileError
 from .eval.metrics import optical_flow
 from .sr_net import SRConfig, SRNet, inflate
 from .super_resolution import load_sr_net, save_sr_weights
+from .training.ddp import init_distributed
 from .training.losses import ssim as ssim_signed
 
 __all__ = ["SRTrainConfig", "load_train_config", "build_render_inputs", "SRWindowDataset", "ssim_torch",
@@ -316,12 +317,6 @@ class SRTrainReport:
     flops_per_frame: int
 
 
-def _dist_info() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from torchrun's environment (1 process otherwise)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
-
-
 def _initial_net(config: SRTrainConfig) -> SRNet:
     if config.stage == "2d":
         if config.init is None:
@@ -344,16 +339,8 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
     """Run (or resume) one training stage; returns the exported weights and the last losses."""
     from .sr_net import count_flops
 
-    rank, local_rank, world = _dist_info()
-    device = torch.device(config.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    info = init_distributed(config.device)
+    rank, world, device = info.rank, info.world_size, info.device
     start = time.perf_counter()
     run = config.run_dir
     ckpt_path = run / f"last_{config.stage}.pt"
@@ -427,7 +414,5 @@ def train_sr(config: SRTrainConfig) -> SRTrainReport:
         save_sr_weights(net, weights, meta)
     flops = count_flops(net.eval())
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        torch.distributed.barrier()
     return SRTrainReport(weights, step, time.perf_counter() - start, losses, flops)
