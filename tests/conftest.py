@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AVATAR_DATA", REPO.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for torch.distributed's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ from avatar_engine.degrade import DegradeConfig
 from avatar_engine.sr_net import SRConfig
 from avatar_engine.sr_train import SRTrainConfig, SRWindowDataset, train_sr
 from avatar_engine.super_resolution import load_sr_net
+
+from conftest import free_port
 
 TINY = SRConfig(frames=4, channels=(8, 12, 16), body_convs=2)
 
@@ -66,12 +67,6 @@ def test_train_sr_resumes_and_inflates(sr_cache: Path, tmp_path: Path) -> None:
     assert net3d.frames == TINY.frames and temporal.flops_per_frame > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, cache: str, run: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -82,7 +77,7 @@ def _ddp_worker(rank: int, world: int, port: int, cache: str, run: str) -> None:
 
 def test_train_sr_under_ddp_world_size_two(sr_cache: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(sr_cache), str(run)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(sr_cache), str(run)), nprocs=2, join=True)
     assert int(torch.load(run / "last_2d.pt", weights_only=True)["step"]) == 2
     assert load_sr_net(run / "sr_2d.safetensors").frames == 1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from avatar_engine.training.trainer import LossConfig, _Trainer, load_train_conf
 from avatar_engine.video import iter_frames
 from avatar_engine.warp import MeshWarp
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 
 def _config(**kw):
@@ -57,12 +56,6 @@ def tiny_cache(data_dir, tmp_path_factory):
     return cache
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -75,7 +68,7 @@ def _ddp_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
 
 def test_ddp_world_size_two_and_resume(tiny_cache, tmp_path):
     out = tmp_path / "run"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tiny_cache), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tiny_cache), str(out)), nprocs=2, join=True)
     log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in log if r["kind"] == "train"]
     assert steps == [1, 2, 3]
