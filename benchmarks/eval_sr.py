@@ -3,7 +3,7 @@
     python benchmarks/eval_sr.py [--cache ~/.cache/avatar-engine/sr_prepared] [--split val]
         [--temporal avatar_engine/weights/sr_light.safetensors]
         [--frame avatar_engine/weights/sr_light_t1.safetensors]
-        [--max-frames 100] [--inputs cut codec mesh] [--output reports/sr_eval.json]
+        [--max-frames 100] [--inputs cut codec mesh neural] [--output reports/sr_eval.json]
 
 Data: the prepared cache (``avatar-engine prepare --size 256 512``), segments whose crop square covers
 at least ``--min-side`` video pixels (smaller ones have no real 512 detail to score against). Each
@@ -13,8 +13,9 @@ segment is one stream (the SR state is reset at its start). Two kinds of 256 inp
 * ``codec``: the same crops with camera noise and lossy coding that change from frame to frame
   (:mod:`avatar_engine.degrade`: Gaussian noise ``--codec-sigma`` 8-bit levels, then JPEG at
   ``--codec-quality``; fixed seed), the frame-to-frame noise temporal SR exists to see through;
-* ``mesh``: the mesh renderer's self-reenactment of the segment (its first frame warped to every
-  frame's landmarks), the input the SR stage gets in the pipeline.
+* ``mesh``, ``neural``: that renderer's self-reenactment of the segment (its first frame as the source,
+  driven by every frame's landmarks): the input the SR stage gets in the pipeline (``neural`` is the
+  default renderer).
 
 Methods: ``bicubic``; ``frame-by-frame (T=1)``: the same architecture trained frame by frame (the
 network the temporal one was inflated from, trained on for as many steps as the temporal fine-tune);
@@ -44,9 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avatar_engine.dataset import default_cache_dir, load_prepared  # noqa: E402
 from avatar_engine.degrade import Degradation, degrade_clip  # noqa: E402
 from avatar_engine.eval import metrics  # noqa: E402
-from avatar_engine.renderers import image_to_tensor, tensor_to_image  # noqa: E402
+from avatar_engine.crop import FaceCrop  # noqa: E402
+from avatar_engine.renderers import Renderer, create_renderer, image_to_tensor, tensor_to_image  # noqa: E402
+from avatar_engine.source import SourceFace  # noqa: E402
 from avatar_engine.super_resolution import DEFAULT_WEIGHTS, SuperResolver, load_sr_net  # noqa: E402
-from avatar_engine.warp import MeshWarp, WarpConfig  # noqa: E402
 
 
 def _bicubic(crop: np.ndarray) -> np.ndarray:
@@ -54,15 +56,16 @@ def _bicubic(crop: np.ndarray) -> np.ndarray:
     return tensor_to_image(F.interpolate(t, scale_factor=2, mode="bicubic", align_corners=False))
 
 
-def _mesh_inputs(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Self-reenactment of one segment: frame 0 warped to every frame's landmarks (256)."""
-    warp = MeshWarp(np.asarray(landmarks[0]), frames.shape[1], WarpConfig(), "cpu")
-    src = image_to_tensor(np.array(frames[0]))
-    out = np.empty_like(frames)
-    with torch.inference_mode():
-        for i in range(len(frames)):
-            out[i] = tensor_to_image(warp.warp(src, warp.grid(torch.from_numpy(np.array(landmarks[i]))[None])))
-    return out
+def _renderer_inputs(renderer: Renderer, frames: np.ndarray, landmarks: np.ndarray, key: str) -> np.ndarray:
+    """Self-reenactment of one segment at 256: frame 0 is the source, every frame's landmarks drive it.
+
+    ``frames (N, 256, 256, 3) uint8`` crops of one crop square, ``landmarks (N, 478, 3)`` in crop pixels.
+    """
+    size = frames.shape[1]
+    source = SourceFace(image=np.array(frames[0]), crop=FaceCrop(size / 2, size / 2, size, size),
+                        crop_image=np.array(frames[0]), landmarks=np.array(landmarks[0], np.float32),
+                        faces_found=1, key=key)
+    return np.stack([renderer.render(source, np.array(landmarks[i], np.float32)) for i in range(len(frames))])
 
 
 class _Scores:
@@ -85,7 +88,8 @@ def main() -> int:
     ap.add_argument("--frame", type=Path, default=DEFAULT_WEIGHTS.with_name("sr_light_t1.safetensors"))
     ap.add_argument("--min-side", type=float, default=400.0)
     ap.add_argument("--max-frames", type=int, default=100, help="scored frames per clip")
-    ap.add_argument("--inputs", nargs="+", default=["cut", "codec", "mesh"], choices=("cut", "codec", "mesh"))
+    ap.add_argument("--inputs", nargs="+", default=["cut", "codec", "mesh", "neural"],
+                    choices=("cut", "codec", "mesh", "neural"))
     ap.add_argument("--codec-sigma", type=float, default=4.0, help="noise std of the codec input (8-bit levels)")
     ap.add_argument("--codec-quality", type=int, default=50, help="JPEG quality of the codec input")
     ap.add_argument("--threads", type=int, default=1)
@@ -94,6 +98,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     nets = {"frame-by-frame (T=1)": load_sr_net(args.frame), "temporal": load_sr_net(args.temporal)}
+    renderers = {name: create_renderer(name) for name in ("mesh", "neural") if name in args.inputs}
     methods = ["bicubic", "frame-by-frame (T=1)", "temporal, no past", "temporal"]
     clips256 = {c.clip_id: c for c in load_prepared(args.cache, args.split, 256)}
     clips512 = load_prepared(args.cache, args.split, 512)
@@ -117,8 +122,10 @@ def main() -> int:
             if "codec" in args.inputs:
                 inputs["codec"] = degrade_clip(inputs["cut"], Degradation(args.codec_sigma, args.codec_quality),
                                                np.random.default_rng(seg["start"]))
-            if "mesh" in args.inputs:
-                inputs["mesh"] = _mesh_inputs(inputs["cut"], np.asarray(c256.landmarks[sl]))
+            for name in ("mesh", "neural"):
+                if name in args.inputs:
+                    inputs[name] = _renderer_inputs(renderers[name], inputs["cut"], np.asarray(c256.landmarks[sl]),
+                                                    f"{c512.clip_id}:{seg['start']}")
             for kind in args.inputs:
                 resolvers = {name: SuperResolver(net) for name, net in nets.items()}
                 no_past = SuperResolver(nets["temporal"])
