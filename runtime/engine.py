@@ -49,7 +49,7 @@ from .overlay import HOTKEY_HELP, draw_banner, draw_guide, draw_inset, draw_poin
 from .sinks import (FrameSink, OutputInfo, PreviewWindow, RecorderSink, VirtualCameraConfig, VirtualCameraError,
                     VirtualCameraSink, display_available)
 from .slots import Frame, LatestSlot, SlotClosed
-from .stats import LiveStats
+from .stats import LiveStats, speed_advice
 
 __all__ = ["LiveConfig", "LiveReport", "LiveEngine", "COMMANDS", "HOTKEYS"]
 
@@ -63,6 +63,8 @@ HOTKEYS = {ord("c"): "recalibrate", ord("s"): "stats", ord("p"): "pause", ord(" 
 """Preview-window keys (lower case; upper case works too) -> command."""
 
 _MAX_CONSECUTIVE_ERRORS = 25
+ADVICE_AFTER_S = 8.0
+"""Seconds of processing before the engine checks once whether it keeps up with the camera."""
 
 
 @dataclass
@@ -234,6 +236,7 @@ class LiveEngine:
         self._calibrated = False
         self._fatal: BaseException | None = None
         self._t_first_processed: float | None = None
+        self._speed_advised = False
         self._t_last_processed: float | None = None
         self._ran = False
 
@@ -449,6 +452,12 @@ class LiveEngine:
             self._t_first_processed = now
         self._t_last_processed = now
         self.stats.on_processed(timings_ms, face_found, frame.index, frame.t_capture)
+        if not self._speed_advised and now - self._t_first_processed >= ADVICE_AFTER_S:
+            self._speed_advised = True  # once per session, after the first seconds (model warm-up) have passed
+            cfg = self.config
+            advice = speed_advice(self.stats.snapshot(0), cfg.size, cfg.renderer, str(cfg.device))
+            if advice:
+                log.warning("%s", advice)
 
     def _set_end_reason(self, reason: str) -> None:
         if not self._stop_reason:

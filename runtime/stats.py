@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LatencyHistogram", "RateMeter", "StageTimes", "StatsSnapshot", "LiveStats"]
+__all__ = ["LatencyHistogram", "RateMeter", "StageTimes", "StatsSnapshot", "LiveStats", "speed_advice"]
 
 
 class LatencyHistogram:
@@ -158,3 +158,25 @@ class LiveStats:
             p50, p99 = (np.percentile(lat, [50, 99]) if lat.size else (float("nan"), float("nan")))
             return StatsSnapshot(self.camera.rate(), self.process.rate(), self.output.rate(),
                                  dict(self.stages.recent), float(p50), float(p99), dropped)
+
+
+def speed_advice(snapshot: StatsSnapshot, size: int, renderer: str, device: str,
+                 keep_up: float = 0.8) -> str | None:
+    """A one-line hint when processing falls behind the camera, naming the slowest stage and the
+    options that make the avatar cheaper; None when it keeps up (``process_fps >= keep_up * camera_fps``)
+    or there is nothing to go on yet."""
+    cam, proc = snapshot.camera_fps, snapshot.process_fps
+    if not (cam > 0 and proc > 0) or proc >= keep_up * cam or not snapshot.stage_ms:
+        return None
+    stage, ms = max(snapshot.stage_ms.items(), key=lambda kv: kv[1])
+    tips = []
+    if size > 256:
+        sr = snapshot.stage_ms.get("sr")
+        tips.append("--size 256" + (f" (no super-resolution stage: {sr:.0f} ms)" if sr else ""))
+    if renderer == "neural":
+        tips.append("--renderer mesh")
+    if device == "cpu":
+        tips.append("a GPU (--device cuda)")
+    advice = f"; for a smoother avatar try {', or '.join(tips)}" if tips else ""
+    return (f"processing {proc:.0f} frames/s, behind the camera's {cam:.0f}: the slowest stage is "
+            f"{stage} ({ms:.0f} ms per frame){advice}")

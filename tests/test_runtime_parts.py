@@ -207,3 +207,18 @@ def test_preview_hotkeys_map_to_commands():
     assert engine.handle_key(ord("s")) == "stats"
     assert engine.handle_key(ord("c")) == "recalibrate"
     assert engine.handle_key(27) == "quit"
+
+
+def test_speed_advice_names_the_slow_stage_and_the_cheaper_options():
+    from runtime.stats import StatsSnapshot, speed_advice
+
+    def snap(cam: float, proc: float, **stages: float) -> StatsSnapshot:
+        return StatsSnapshot(cam, proc, proc, stages, 50.0, 90.0, 0)
+
+    assert speed_advice(snap(30, 29, render=20.0), 512, "neural", "cpu") is None  # keeps up
+    assert speed_advice(snap(0, 0), 256, "neural", "cpu") is None  # nothing measured yet
+    slow = speed_advice(snap(30, 10, landmarks=7.0, render=34.0, sr=54.0), 512, "neural", "cpu")
+    assert slow is not None and "sr (54 ms" in slow and "--size 256" in slow and "--renderer mesh" in slow
+    assert "--device cuda" in slow and "\n" not in slow
+    gpu_mesh = speed_advice(snap(30, 12, render=70.0), 256, "mesh", "cuda")
+    assert gpu_mesh is not None and "render (70 ms" in gpu_mesh and "try" not in gpu_mesh
