@@ -14,8 +14,7 @@ Samples (:class:`SRWindowDataset`) are ``window = T + 1`` consecutive frames of 
 crop square), a random ``patch x patch`` region at 256 (``2 patch`` at 512), randomly mirrored; the
 256 inputs of a share of the samples are degraded with sensor noise and JPEG coding drawn afresh for
 every frame (:mod:`avatar_engine.degrade`: the frame-to-frame noise the temporal taps learn to see
-through). The
-network's outputs for the last two frames are scored: L1 (both) + ``w_ssim * (1 - SSIM)`` (newest)
+through). The network's outputs for the last two frames are scored: L1 (both) + ``w_ssim * (1 - SSIM)`` (newest)
 + ``w_temporal *`` the temporal term: the newest output against the previous output warped by the
 ground-truth optical flow (Farneback on the 512 ground truth, newest -> previous), weighted by
 ``exp(-alpha |gt_t - warp(gt_{t-1})|)`` so occlusions and flow failures do not count.

@@ -7,7 +7,7 @@
 
 Data: the prepared cache (``avatar-engine prepare --size 256 512``), segments whose crop square covers
 at least ``--min-side`` video pixels (smaller ones have no real 512 detail to score against). Each
-segment is one stream (the SR state is reset at its start). Two kinds of 256 input:
+segment is one stream (the SR state is reset at its start). Four kinds of 256 input:
 
 * ``cut``: the 256 crop cut from the video (downscaled ground truth: pure super-resolution);
 * ``codec``: the same crops with camera noise and lossy coding that change from frame to frame
