@@ -11,6 +11,10 @@ With a source prepared at 512 and ``ReenactConfig.super_resolution`` set (the de
 works at 256 on the downscaled source and the temporal super-resolution stage
 (:class:`~avatar_engine.super_resolution.SuperResolver`: causal, streaming) lifts each rendered crop to
 512 before paste-back; its frame history restarts when the driving face is lost.
+
+``step`` is ``finish(render(frame))``: :meth:`Reenactor.render` (landmarks, retargeting, rendering) and
+:meth:`Reenactor.finish` (super-resolution, paste-back) touch separate state, so the live engine can
+run them in two threads, one frame apart (each method called from one thread, frames in order).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from .retarget import MotionRetargeter, RetargetConfig
 from .source import SourceFace
 from .super_resolution import SuperResolutionConfig, SuperResolver, downscale_source
 
-__all__ = ["ReenactConfig", "FrameResult", "Reenactor"]
+__all__ = ["ReenactConfig", "RenderedFrame", "FrameResult", "Reenactor"]
 
 
 @dataclass
@@ -51,6 +55,25 @@ class ReenactConfig:
     ease_out_s: float = 1.0
     ease_in_s: float = 0.25
     super_resolution: SuperResolutionConfig | None = field(default_factory=SuperResolutionConfig)
+
+
+@dataclass
+class RenderedFrame:
+    """A driving frame rendered at the renderer's size, before super-resolution and paste-back.
+
+    Attributes:
+        crop: ``(s, s, 3) uint8`` RGB rendered crop (``s`` = the renderer's source size).
+        target: ``(478, 3) float32`` landmarks rendered, in that crop's pixels.
+        driving: ``(478, 3) float32`` driving landmarks in driving-frame pixels, or None (no face).
+        face_lost: the driving face left the view at this frame (the SR history restarts here).
+        timings_ms: per-stage milliseconds so far (landmarks, retarget, render).
+    """
+
+    crop: np.ndarray
+    target: np.ndarray
+    driving: np.ndarray | None
+    face_lost: bool
+    timings_ms: dict[str, float]
 
 
 @dataclass
@@ -115,6 +138,10 @@ class Reenactor:
             rgb: ``(H, W, 3) uint8`` RGB driving frame.
             timestamp: capture time in seconds (monotonic); None = wall clock.
         """
+        return self.finish(self.render(rgb, timestamp))
+
+    def render(self, rgb: np.ndarray, timestamp: float | None = None) -> RenderedFrame:
+        """First half of :meth:`step`: landmarks, retargeting, rendering (arguments as there)."""
         t = time.monotonic() if timestamp is None else float(timestamp)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -125,12 +152,19 @@ class Reenactor:
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
         crop = self.renderer.render(self.render_source, target)
+        timings["render"] = (time.perf_counter() - t2) * 1e3
+        face_lost = points is None and self._face_in_view
+        self._face_in_view = points is not None
+        return RenderedFrame(crop, target, points, face_lost, timings)
+
+    def finish(self, rendered: RenderedFrame) -> FrameResult:
+        """Second half of :meth:`step`: super-resolution (512 sources) and paste-back."""
+        timings = dict(rendered.timings_ms)
+        crop, target = rendered.crop, rendered.target
         t3 = time.perf_counter()
-        timings["render"] = (t3 - t2) * 1e3
         if self.super_resolver is not None:
-            if points is None and self._face_in_view:
+            if rendered.face_lost:
                 self.super_resolver.reset()  # face lost: restart the frame history
-            self._face_in_view = points is not None
             crop = self.super_resolver(crop, self.render_source.key)
             target = (target * (self.source.size / self.render_source.size)).astype(np.float32)
             t4 = time.perf_counter()
@@ -138,7 +172,7 @@ class Reenactor:
             t3 = t4
         frame = self.source.crop.paste_back(self.source.image, crop) if self.config.paste_back else crop
         timings["paste"] = (time.perf_counter() - t3) * 1e3
-        return FrameResult(frame, crop, target, points, points is not None, timings)
+        return FrameResult(frame, crop, target, rendered.driving, rendered.driving is not None, timings)
 
     def _next_target(self, points: np.ndarray | None, t: float) -> np.ndarray:
         """Retarget, or hold/ease when no face is in view. Returns ``(478, 3)``."""

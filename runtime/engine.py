@@ -8,6 +8,14 @@ drops stale frames instead of queueing them::
                                landmarks, retarget,          preview window + hotkeys)
                                render, paste-back)
 
+With a super-resolution stage (``--size 512``) the processing thread does the first half of each
+frame (:meth:`Reenactor.render <avatar_engine.reenact.Reenactor.render>`: landmarks, retarget,
+render) and a fourth, "finishing" thread the second half (:meth:`~avatar_engine.reenact.Reenactor.finish`:
+SR, paste-back) one frame behind, joined by another latest-value slot that is always taken before
+the next frame is put; the processing thread starts each frame just in time for the finisher
+(running means of both halves). More frames per second on a multi-core CPU, at the cost of the
+stages slowing each other down a little.
+
 Every frame carries its capture time (``time.monotonic()``), and the output loop measures
 capture-to-output latency when it sends the avatar made from that frame.
 
@@ -39,7 +47,7 @@ import cv2
 import numpy as np
 
 from avatar_engine.errors import AvatarError
-from avatar_engine.reenact import ReenactConfig, Reenactor
+from avatar_engine.reenact import ReenactConfig, Reenactor, RenderedFrame
 from avatar_engine.renderers import create_renderer
 from avatar_engine.source import SourceConfig, SourceFace, prepare_source
 
@@ -217,6 +225,39 @@ class _Result:
     mode: str = "avatar"
 
 
+@dataclass
+class _Pending:
+    """A camera frame between the two halves of processing: ``rendered`` is None in passthrough;
+    ``hold_neutral``: show the source's neutral instead (the driver's neutral is not taken yet)."""
+
+    frame: Frame
+    rendered: RenderedFrame | None
+    guide: tuple[tuple[int, int, int, int], bool, float, str] | None
+    hold_neutral: bool
+
+
+class _FrameErrors:
+    """Frames that failed in a row in one thread: each is skipped (a bug must not take the meeting
+    down); ``_MAX_CONSECUTIVE_ERRORS`` in a row end the session with the error."""
+
+    def __init__(self, engine: "LiveEngine", stage: str):
+        self.engine, self.stage, self.count = engine, stage, 0
+
+    def failed(self, exc: Exception) -> bool:
+        """Count a failure; True when the session must end."""
+        self.count += 1
+        if self.count == 1:
+            log.exception("%s a frame failed; skipping it", self.stage)
+        if self.count >= _MAX_CONSECUTIVE_ERRORS:
+            self.engine._fatal = RuntimeError(f"{self.count} frames in a row failed to process: {exc}")
+            self.engine.stop("error")
+            return True
+        return False
+
+    def ok(self) -> None:
+        self.count = 0
+
+
 class LiveEngine:
     """Runs one live session. ``LiveEngine(config).run()`` blocks until the session stops; an engine
     runs a single session.
@@ -237,6 +278,7 @@ class LiveEngine:
         self._fatal: BaseException | None = None
         self._t_first_processed: float | None = None
         self._speed_advised = False
+        self._half_ms = {"process": 0.0, "finish": 0.0}
         self._t_last_processed: float | None = None
         self._ran = False
 
@@ -379,16 +421,28 @@ class LiveEngine:
         """Processing thread: camera frames -> avatar frames, until stopped or the camera ends.
 
         ``lockstep`` (a camera that is not real time): wait until the output took the previous
-        result, so that every camera frame is output exactly once.
+        result, so that every camera frame is output exactly once. With a super-resolution stage the
+        second half of each frame (SR, paste-back) runs in a "finishing" thread, one frame behind
+        (:meth:`_finish_loop`), so the two halves of consecutive frames share the cores.
         """
         cfg = self.config
         calibrator = NeutralCalibrator(cfg.neutral)
         if cfg.calibrate:
             calibrator.start()
             log.info("look at the camera: taking your neutral pose")
-        processed = errors = 0
+        errors = _FrameErrors(self, "processing")
+        handoff: LatestSlot[_Pending] | None = None
+        finisher: threading.Thread | None = None
+        if reenactor.super_resolver is not None:
+            handoff = LatestSlot()
+            finisher = threading.Thread(target=self._finish_loop, name="finishing", daemon=True,
+                                        args=(handoff, out_slot, reenactor, neutral_frame, lockstep))
+            finisher.start()
+        delivered = 0
         try:
             while not self._stop.is_set():
+                if handoff is not None and not self._finisher_ready(handoff, finisher):
+                    return
                 try:
                     frame = cam_slot.get(timeout=0.1)
                 except SlotClosed:
@@ -402,49 +456,115 @@ class LiveEngine:
                 if self._mode == "paused":
                     continue
                 try:
-                    result = self._process(frame, reenactor, calibrator, neutral_frame)
+                    t0 = time.perf_counter()
+                    pending = self._process(frame, reenactor, calibrator)
+                    self._time_half("process", t0)
+                    result = None if handoff is not None else self._finish(pending, reenactor, neutral_frame)
                 except Exception as exc:  # a bug must not take the meeting down: skip the frame
-                    errors += 1
-                    if errors == 1:
-                        log.exception("processing a frame failed; skipping it")
-                    if errors >= _MAX_CONSECUTIVE_ERRORS:
-                        self._fatal = RuntimeError(f"{errors} frames in a row failed to process: {exc}")
-                        self.stop("error")
+                    if errors.failed(exc):
                         return
                     continue
-                errors = 0
-                if lockstep:
-                    while not out_slot.wait_empty(0.1):
-                        if self._stop.is_set():
-                            return
-                out_slot.put(result)
-                processed += 1
-                if cfg.max_frames is not None and processed >= cfg.max_frames:
-                    self._set_end_reason("max frames")
+                errors.ok()
+                if handoff is not None:
+                    handoff.put(pending)  # empty: _finisher_ready waited for the finisher to take the last one
+                    continue
+                delivered += 1
+                if not self._deliver(result, out_slot, lockstep, delivered):
+                    return
+        finally:
+            if handoff is not None and finisher is not None:
+                handoff.close()  # the finisher outputs the frame it was handed, then closes the output
+                finisher.join(timeout=10.0)
+            else:
+                out_slot.close()
+
+    def _finisher_ready(self, handoff: LatestSlot["_Pending"], finisher: threading.Thread | None) -> bool:
+        """Wait until the finishing thread took the last frame, and then for as long as its work
+        outlasts the processing half (running means of both), so that the next camera frame is read as
+        late as possible: the freshest one, waiting for no one. False when the session ends meanwhile."""
+        while not handoff.wait_empty(0.1):
+            if self._stop.is_set() or finisher is None or not finisher.is_alive():
+                return False
+        # just in time: start the next frame so that it is rendered when the finisher is free again
+        lead_s = (self._half_ms["finish"] - self._half_ms["process"]) / 1e3 - 0.005
+        if lead_s > 0 and self._stop.wait(min(lead_s, 0.5)):
+            return False
+        return finisher is not None and finisher.is_alive()
+
+    def _finish_loop(self, handoff: LatestSlot["_Pending"], out_slot: LatestSlot[_Result],
+                     reenactor: Reenactor, neutral_frame: np.ndarray, lockstep: bool) -> None:
+        """Finishing thread (sessions with super-resolution): second halves of frames, in order."""
+        errors = _FrameErrors(self, "finishing")
+        delivered = 0
+        try:
+            while True:
+                try:
+                    pending = handoff.get(timeout=0.1)
+                except SlotClosed:  # the processing thread has ended and nothing is left
+                    return
+                if pending is None:
+                    if self._stop.is_set():
+                        return
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    result = self._finish(pending, reenactor, neutral_frame)
+                    self._time_half("finish", t0)
+                except Exception as exc:  # as in the processing thread: skip the frame
+                    if errors.failed(exc):
+                        return
+                    continue
+                errors.ok()
+                delivered += 1
+                if not self._deliver(result, out_slot, lockstep, delivered):
                     return
         finally:
             out_slot.close()
 
-    def _process(self, frame: Frame, reenactor: Reenactor, calibrator: NeutralCalibrator,
-                 neutral_frame: np.ndarray) -> _Result:
-        """One camera frame -> one result (the avatar, or the camera itself in passthrough)."""
+    def _time_half(self, half: str, t0: float) -> None:
+        """Running mean (ms) of one half of the per-frame work (each half is written by one thread)."""
+        self._half_ms[half] += 0.1 * ((time.perf_counter() - t0) * 1e3 - self._half_ms[half])
+
+    def _deliver(self, result: _Result, out_slot: LatestSlot[_Result], lockstep: bool, delivered: int) -> bool:
+        """Hand the ``delivered``-th result to the output loop; False when the session ends here."""
+        if lockstep:
+            while not out_slot.wait_empty(0.1):
+                if self._stop.is_set():
+                    return False
+        out_slot.put(result)
+        if self.config.max_frames is not None and delivered >= self.config.max_frames:
+            self._set_end_reason("max frames")
+            return False
+        return True
+
+    def _process(self, frame: Frame, reenactor: Reenactor, calibrator: NeutralCalibrator) -> "_Pending":
+        """First half of a camera frame: landmarks, retargeting, rendering, the neutral-pose step."""
         if self._mode == "passthrough":
-            self._count_processed({}, True, frame)
-            return _Result(frame.image, frame.image, None, frame.index, frame.t_capture, True, None, "passthrough")
-        result = reenactor.step(frame.image, frame.t_capture)
-        avatar, guide = result.frame, None
+            return _Pending(frame, None, None, False)
+        rendered = reenactor.render(frame.image, frame.t_capture)
+        guide, hold_neutral = None, False
         if calibrator.active:
             h, w = frame.image.shape[:2]
-            neutral = calibrator.feed(result.driving, (w, h), frame.t_capture)
+            neutral = calibrator.feed(rendered.driving, (w, h), frame.t_capture)
             if neutral is not None:
                 reenactor.set_neutral(neutral)
                 self._calibrated = True
             else:
                 guide = (calibrator.guide_box((w, h)), calibrator.ok, calibrator.progress, calibrator.hint)
-                if not self._calibrated:
-                    avatar = neutral_frame  # the avatar holds the source's neutral until the driver's is taken
+                hold_neutral = not self._calibrated  # the avatar holds the source's neutral until the driver's is taken
+        return _Pending(frame, rendered, guide, hold_neutral)
+
+    def _finish(self, pending: "_Pending", reenactor: Reenactor, neutral_frame: np.ndarray) -> _Result:
+        """Second half: super-resolution and paste-back (or the camera itself in passthrough)."""
+        frame = pending.frame
+        if pending.rendered is None:
+            self._count_processed({}, True, frame)
+            return _Result(frame.image, frame.image, None, frame.index, frame.t_capture, True, None, "passthrough")
+        result = reenactor.finish(pending.rendered)
+        avatar = neutral_frame if pending.hold_neutral else result.frame
         self._count_processed(result.timings_ms, result.face_found, frame)
-        return _Result(avatar, frame.image, result.driving, frame.index, frame.t_capture, result.face_found, guide)
+        return _Result(avatar, frame.image, result.driving, frame.index, frame.t_capture, result.face_found,
+                       pending.guide)
 
     def _count_processed(self, timings_ms: dict[str, float], face_found: bool, frame: Frame) -> None:
         now = time.monotonic()

@@ -336,3 +336,32 @@ def test_5000_frame_headless_run_memory_stays_flat(data_dir, recording_backend):
     assert sorted(sink.rss) == [1000, 2000, 3000, 4000, 5000]
     growth = sink.rss[5000] - sink.rss[1000]
     assert growth < 20.0, f"RSS grew {growth:.1f} MB over 4000 frames: {sink.rss}"
+
+
+def test_512_super_resolution_runs_in_its_own_thread_and_matches_the_sequential_pipeline(data_dir):
+    """At 512 the second half of each frame (SR, paste-back) runs in a "finishing" thread one frame
+    behind. Every camera frame still comes out once, in order, exactly as ``Reenactor.step`` makes it
+    (smoothing off so that capture times, which differ between the runs, cannot matter)."""
+    import threading
+
+    from avatar_engine.landmarks import LandmarkConfig
+    from avatar_engine.reenact import Reenactor
+
+    photo = data_dir / "images/val/P144/I045.jpg"  # 1200x1200, face ~465 px: a 512 source
+    reenact = ReenactConfig(landmarks=LandmarkConfig(smoothing=False), paste_back=False)
+    threads_seen: set[str] = set()
+    sink = CollectSink(hook=lambda n, info, engine: threads_seen.update(t.name for t in threading.enumerate()))
+    cfg = LiveConfig(source=photo, camera=data_dir / CLIP_512, realtime=False, preview=False, virtual_camera=False,
+                     calibrate=False, max_frames=16, sinks=[sink], size=512, paste_back=False, reenact=reenact)
+    report = LiveEngine(cfg).run()
+
+    assert "finishing" in threads_seen
+    assert report.stop_reason == "max frames" and report.frames_processed == 16
+    assert [info.index for info in sink.infos] == list(range(16))
+    assert "sr" in report.stage_ms
+    source = prepare_source(photo, SourceConfig(size=512))
+    with Reenactor(source, create_renderer(cfg.renderer), reenact) as reference:
+        for got, (rgb, _) in zip(sink.frames, iter_frames(data_dir / CLIP_512, max_frames=16)):
+            want = reference.step(rgb).frame
+            assert got.shape == want.shape == (512, 512, 3)
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
