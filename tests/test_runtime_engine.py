@@ -365,3 +365,18 @@ def test_512_super_resolution_runs_in_its_own_thread_and_matches_the_sequential_
             want = reference.step(rgb).frame
             assert got.shape == want.shape == (512, 512, 3)
             assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_a_finishing_stage_that_keeps_failing_ends_the_session_with_the_error(data_dir, monkeypatch, caplog):
+    from avatar_engine.reenact import Reenactor
+
+    def broken(self, rendered):
+        raise ValueError("SR exploded")
+
+    monkeypatch.setattr(Reenactor, "finish", broken)
+    cfg = LiveConfig(source=data_dir / "images/val/P144/I045.jpg", camera=data_dir / CLIP_512, realtime=False,
+                     preview=False, virtual_camera=False, calibrate=False, size=512, sinks=[CollectSink()])
+    with caplog.at_level(logging.INFO, logger="avatar_engine"), \
+            pytest.raises(RuntimeError, match="25 frames in a row failed to process: SR exploded"):
+        LiveEngine(cfg).run()
+    assert caplog.text.count("finishing a frame failed; skipping it") == 1
