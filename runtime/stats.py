@@ -172,7 +172,7 @@ def speed_advice(snapshot: StatsSnapshot, size: int, renderer: str, device: str,
     tips = []
     if size > 256:
         sr = snapshot.stage_ms.get("sr")
-        tips.append("--size 256" + (f" (no super-resolution stage: {sr:.0f} ms)" if sr else ""))
+        tips.append("--size 256" + (f" (skips the {sr:.0f} ms super-resolution stage)" if sr else ""))
     if renderer == "neural":
         tips.append("--renderer mesh")
     if device == "cpu":
