@@ -22,7 +22,7 @@ ground-truth optical flow (Farneback on the 512 ground truth, newest -> previous
 Schedule (paper 3.3): stage ``2d`` trains the frame-by-frame network (``frames = 1``); stage ``3d``
 inflates its kernels (:func:`avatar_engine.sr_net.inflate`) and fine-tunes the temporal network.
 
-Runs are resumable (``<run>/last.pt``: model, optimiser, step, RNG), run under ``torchrun`` with
+Runs are resumable (``<run>/last_<stage>.pt``: model, optimiser, scheduler, step), run under ``torchrun`` with
 DDP (gloo on CPU, nccl on CUDA; each rank draws its own samples), show a tqdm bar on rank 0 and
 export ``<run>/sr_<stage>.safetensors`` (loadable by :func:`avatar_engine.super_resolution.load_sr_net`).
 """

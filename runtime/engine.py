@@ -41,6 +41,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import cv2
@@ -240,8 +241,8 @@ class _FrameErrors:
     """Frames that failed in a row in one thread: each is skipped (a bug must not take the meeting
     down); ``_MAX_CONSECUTIVE_ERRORS`` in a row end the session with the error."""
 
-    def __init__(self, engine: "LiveEngine", stage: str):
-        self.engine, self.stage, self.count = engine, stage, 0
+    def __init__(self, stage: str, fail: Callable[[BaseException], None]):
+        self.stage, self.fail, self.count = stage, fail, 0
 
     def failed(self, exc: Exception) -> bool:
         """Count a failure; True when the session must end."""
@@ -249,8 +250,7 @@ class _FrameErrors:
         if self.count == 1:
             log.exception("%s a frame failed; skipping it", self.stage)
         if self.count >= _MAX_CONSECUTIVE_ERRORS:
-            self.engine._fatal = RuntimeError(f"{self.count} frames in a row failed to process: {exc}")
-            self.engine.stop("error")
+            self.fail(RuntimeError(f"{self.count} frames in a row failed to process: {exc}"))
             return True
         return False
 
@@ -430,7 +430,7 @@ class LiveEngine:
         if cfg.calibrate:
             calibrator.start()
             log.info("look at the camera: taking your neutral pose")
-        errors = _FrameErrors(self, "processing")
+        errors = _FrameErrors("processing", self._fail)
         handoff: LatestSlot[_Pending] | None = None
         finisher: threading.Thread | None = None
         if reenactor.super_resolver is not None:
@@ -441,7 +441,7 @@ class LiveEngine:
         delivered = 0
         try:
             while not self._stop.is_set():
-                if handoff is not None and not self._finisher_ready(handoff, finisher):
+                if handoff is not None and finisher is not None and not self._finisher_ready(handoff, finisher):
                     return
                 try:
                     frame = cam_slot.get(timeout=0.1)
@@ -478,23 +478,23 @@ class LiveEngine:
             else:
                 out_slot.close()
 
-    def _finisher_ready(self, handoff: LatestSlot["_Pending"], finisher: threading.Thread | None) -> bool:
+    def _finisher_ready(self, handoff: LatestSlot["_Pending"], finisher: threading.Thread) -> bool:
         """Wait until the finishing thread took the last frame, and then for as long as its work
         outlasts the processing half (running means of both), so that the next camera frame is read as
         late as possible: the freshest one, waiting for no one. False when the session ends meanwhile."""
         while not handoff.wait_empty(0.1):
-            if self._stop.is_set() or finisher is None or not finisher.is_alive():
+            if self._stop.is_set() or not finisher.is_alive():
                 return False
         # just in time: start the next frame so that it is rendered when the finisher is free again
         lead_s = (self._half_ms["finish"] - self._half_ms["process"]) / 1e3 - 0.005
         if lead_s > 0 and self._stop.wait(min(lead_s, 0.5)):
             return False
-        return finisher is not None and finisher.is_alive()
+        return finisher.is_alive()
 
     def _finish_loop(self, handoff: LatestSlot["_Pending"], out_slot: LatestSlot[_Result],
                      reenactor: Reenactor, neutral_frame: np.ndarray, lockstep: bool) -> None:
         """Finishing thread (sessions with super-resolution): second halves of frames, in order."""
-        errors = _FrameErrors(self, "finishing")
+        errors = _FrameErrors("finishing", self._fail)
         delivered = 0
         try:
             while True:
@@ -520,6 +520,11 @@ class LiveEngine:
                     return
         finally:
             out_slot.close()
+
+    def _fail(self, error: BaseException) -> None:
+        """End the session with ``error`` (raised again by :meth:`run`)."""
+        self._fatal = error
+        self.stop("error")
 
     def _time_half(self, half: str, t0: float) -> None:
         """Running mean (ms) of one half of the per-frame work (each half is written by one thread)."""
