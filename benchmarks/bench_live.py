@@ -26,7 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import pyvirtualcam  # noqa: E402
-import torch  # noqa: E402
 
 from machine import machine  # noqa: E402
 from runtime.engine import LiveConfig, LiveEngine, LiveReport  # noqa: E402

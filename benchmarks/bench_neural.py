@@ -20,12 +20,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from avatar_engine.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
-from avatar_engine.neural_model import DEFAULT_WEIGHTS, count_cost  # noqa: E402
-from avatar_engine.neural_renderer import NeuralRenderer  # noqa: E402
-from avatar_engine.renderers import MeshRenderer  # noqa: E402
-from avatar_engine.source import SourceConfig, prepare_source  # noqa: E402
-from avatar_engine.video import iter_frames  # noqa: E402
+from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
+from avatar_engine.models.base_model import DEFAULT_WEIGHTS, count_cost  # noqa: E402
+from avatar_engine.renderers.neural import NeuralRenderer  # noqa: E402
+from avatar_engine.renderers.mesh import MeshRenderer  # noqa: E402
+from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
+from avatar_engine.io.video import iter_frames  # noqa: E402
 
 
 def main() -> None:

@@ -20,13 +20,13 @@ import torch
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from machine import machine  # noqa: E402
-from avatar_engine.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
-from avatar_engine.rasterizer import ConnectivityRasterizer, RasterConfig  # noqa: E402
-from avatar_engine.renderers import image_to_tensor, tensor_to_image  # noqa: E402
-from avatar_engine.retarget import MotionRetargeter  # noqa: E402
-from avatar_engine.source import SourceConfig, prepare_source  # noqa: E402
-from avatar_engine.video import VideoWriter, iter_frames  # noqa: E402
-from avatar_engine.warp import MeshWarp  # noqa: E402
+from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
+from avatar_engine.geometry.rasterizer import ConnectivityRasterizer, RasterConfig  # noqa: E402
+from avatar_engine.io.image import image_to_tensor, tensor_to_image  # noqa: E402
+from avatar_engine.geometry.retarget import MotionRetargeter  # noqa: E402
+from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
+from avatar_engine.io.video import VideoWriter, iter_frames  # noqa: E402
+from avatar_engine.geometry.mesh_warp import MeshWarp  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatar_engine.sr_net import SRNet, count_flops  # noqa: E402
-from avatar_engine.sr_train import load_train_config  # noqa: E402
+from avatar_engine.models.sr_net import SRNet, count_flops  # noqa: E402
+from avatar_engine.training.sr import load_train_config  # noqa: E402
 
 
 def _time_ms(fn, repeat: int, device: torch.device) -> float:

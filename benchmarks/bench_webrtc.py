@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from webrtc_support import chromium, loopback_netns, netns_unavailable_reason, write_y4m  # noqa: E402
 
-from avatar_engine.video import iter_frames  # noqa: E402
+from avatar_engine.io.video import iter_frames  # noqa: E402
 from runtime.capture import FileCamera  # noqa: E402
 from runtime.server import AvatarServer, ServerConfig  # noqa: E402
 from runtime.webrtc_tracks import VideoTrackConfig  # noqa: E402

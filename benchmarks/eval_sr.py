@@ -11,7 +11,7 @@ segment is one stream (the SR state is reset at its start). Four kinds of 256 in
 
 * ``cut``: the 256 crop cut from the video (downscaled ground truth: pure super-resolution);
 * ``codec``: the same crops with camera noise and lossy coding that change from frame to frame
-  (:mod:`avatar_engine.degrade`: Gaussian noise ``--codec-sigma`` 8-bit levels, then JPEG at
+  (:mod:`avatar_engine.data.degrade`: Gaussian noise ``--codec-sigma`` 8-bit levels, then JPEG at
   ``--codec-quality``; fixed seed), the frame-to-frame noise temporal SR exists to see through;
 * ``mesh``, ``neural``: that renderer's self-reenactment of the segment (its first frame as the source,
   driven by every frame's landmarks): the input the SR stage gets in the pipeline (``neural`` is the
@@ -42,13 +42,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avatar_engine.dataset import default_cache_dir, load_prepared  # noqa: E402
-from avatar_engine.degrade import Degradation, degrade_clip  # noqa: E402
+from avatar_engine.data.prepare import default_cache_dir, load_prepared  # noqa: E402
+from avatar_engine.data.degrade import Degradation, degrade_clip  # noqa: E402
 from avatar_engine.eval import metrics  # noqa: E402
-from avatar_engine.crop import FaceCrop  # noqa: E402
-from avatar_engine.renderers import Renderer, create_renderer, image_to_tensor, tensor_to_image  # noqa: E402
-from avatar_engine.source import SourceFace  # noqa: E402
-from avatar_engine.super_resolution import DEFAULT_WEIGHTS, SuperResolver, load_sr_net  # noqa: E402
+from avatar_engine.face.crop import FaceCrop  # noqa: E402
+from avatar_engine.io.image import image_to_tensor, tensor_to_image
+from avatar_engine.renderers import create_renderer
+from avatar_engine.renderers.base import Renderer  # noqa: E402
+from avatar_engine.face.source import SourceFace  # noqa: E402
+from avatar_engine.pipeline.super_resolution import DEFAULT_WEIGHTS, SuperResolver, load_sr_net  # noqa: E402
 
 
 def _bicubic(crop: np.ndarray) -> np.ndarray:

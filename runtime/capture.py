@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 
 from avatar_engine.errors import CameraError, VideoReadError
-from avatar_engine.video import iter_frames, probe_video
+from avatar_engine.io.video import iter_frames, probe_video
 
-from .slots import Frame, LatestSlot
+from runtime.slots import Frame, LatestSlot
 
 __all__ = ["CameraInfo", "list_cameras", "describe_cameras", "CameraSource", "OpenCVCamera", "FileCamera",
            "open_camera", "CaptureConfig", "CaptureThread"]

@@ -11,8 +11,8 @@ import platform
 import sys
 from dataclasses import dataclass
 
-from .capture import list_cameras
-from .sinks import MODPROBE_LINE, display_available
+from runtime.capture import list_cameras
+from runtime.sinks import MODPROBE_LINE, display_available
 
 __all__ = ["Check", "run_checks", "setup_instructions", "format_report"]
 

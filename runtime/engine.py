@@ -9,8 +9,8 @@ drops stale frames instead of queueing them::
                                render, paste-back)
 
 With a super-resolution stage (``--size 512``) the processing thread does the first half of each
-frame (:meth:`Reenactor.render <avatar_engine.reenact.Reenactor.render>`: landmarks, retarget,
-render) and a fourth, "finishing" thread the second half (:meth:`~avatar_engine.reenact.Reenactor.finish`:
+frame (:meth:`Reenactor.render <avatar_engine.pipeline.reenact.Reenactor.render>`: landmarks, retarget,
+render) and a fourth, "finishing" thread the second half (:meth:`~avatar_engine.pipeline.reenact.Reenactor.finish`:
 SR, paste-back) one frame behind, joined by another latest-value slot that is always taken before
 the next frame is put; the processing thread starts each frame just in time for the finisher
 (running means of both halves). More frames per second on a multi-core CPU, at the cost of the
@@ -48,17 +48,17 @@ import cv2
 import numpy as np
 
 from avatar_engine.errors import AvatarError
-from avatar_engine.reenact import ReenactConfig, Reenactor, RenderedFrame
+from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor, RenderedFrame
 from avatar_engine.renderers import create_renderer
-from avatar_engine.source import SourceConfig, SourceFace, prepare_source
+from avatar_engine.face.source import SourceConfig, SourceFace, prepare_source
 
-from .capture import CameraSource, CaptureConfig, CaptureThread, open_camera
-from .neutral import NeutralCalibrator, NeutralConfig
-from .overlay import HOTKEY_HELP, draw_banner, draw_guide, draw_inset, draw_points, draw_stats
-from .sinks import (FrameSink, OutputInfo, PreviewWindow, RecorderSink, VirtualCameraConfig, VirtualCameraError,
+from runtime.capture import CameraSource, CaptureConfig, CaptureThread, open_camera
+from runtime.neutral import NeutralCalibrator, NeutralConfig
+from runtime.overlay import HOTKEY_HELP, draw_banner, draw_guide, draw_inset, draw_points, draw_stats
+from runtime.sinks import (FrameSink, OutputInfo, PreviewWindow, RecorderSink, VirtualCameraConfig, VirtualCameraError,
                     VirtualCameraSink, display_available)
-from .slots import Frame, LatestSlot, SlotClosed
-from .stats import LiveStats, speed_advice
+from runtime.slots import Frame, LatestSlot, SlotClosed
+from runtime.stats import LiveStats, speed_advice
 
 __all__ = ["LiveConfig", "LiveReport", "LiveEngine", "COMMANDS", "HOTKEYS"]
 

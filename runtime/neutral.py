@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatar_engine.landmarks import face_bbox
+from avatar_engine.face.landmarks import face_bbox
 
 __all__ = ["NeutralConfig", "NeutralCalibrator"]
 

@@ -10,7 +10,7 @@ import math
 import cv2
 import numpy as np
 
-from .stats import StatsSnapshot
+from runtime.stats import StatsSnapshot
 
 __all__ = ["HOTKEY_HELP", "draw_guide", "draw_stats", "draw_banner", "draw_inset", "draw_points"]
 

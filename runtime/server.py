@@ -45,11 +45,11 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from avatar_engine.errors import AvatarError
 
-from .audio import AudioSource, DelayConfig, DelayedAudio, DelayedAudioTrack, TrackAudioSource, open_microphone
-from .capture import CameraSource
-from .engine import LiveConfig, LiveEngine, LiveReport
-from .track_camera import TrackCamera
-from .webrtc_tracks import AvatarFrameHub, AvatarVideoTrack, VideoTrackConfig
+from runtime.audio import AudioSource, DelayConfig, DelayedAudio, DelayedAudioTrack, TrackAudioSource, open_microphone
+from runtime.capture import CameraSource
+from runtime.engine import LiveConfig, LiveEngine, LiveReport
+from runtime.track_camera import TrackCamera
+from runtime.webrtc_tracks import AvatarFrameHub, AvatarVideoTrack, VideoTrackConfig
 
 __all__ = ["ServerConfig", "AvatarServer", "SessionInfo", "is_loopback", "serve"]
 

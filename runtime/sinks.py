@@ -4,7 +4,7 @@
 * :class:`VirtualCameraSink`: frames to pyvirtualcam ("Avatar Cam" through v4l2loopback on Linux,
   OBS Virtual Camera on Windows/macOS). A camera that cannot open raises :class:`VirtualCameraError`
   whose one-line message says how to set it up on this OS.
-* :class:`RecorderSink`: an mp4 of the session (H.264 via :class:`avatar_engine.video.VideoWriter`).
+* :class:`RecorderSink`: an mp4 of the session (H.264 via :class:`avatar_engine.io.video.VideoWriter`).
 * :class:`FrameSink`: the extension point for anything else (a WebRTC track, a test that inspects
   the output): it gets every output frame with an :class:`OutputInfo`.
 
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from avatar_engine.errors import AvatarError
-from avatar_engine.video import VideoWriter
+from avatar_engine.io.video import VideoWriter
 
 __all__ = ["OutputInfo", "FrameSink", "MODPROBE_LINE", "virtual_camera_hint", "VirtualCameraError",
            "display_available", "fit_frame", "PreviewWindow", "VirtualCameraConfig", "VirtualCameraSink",

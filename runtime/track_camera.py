@@ -22,9 +22,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatar_engine.errors import CameraError
 
-from .capture import CameraSource
-from .slots import LatestSlot, SlotClosed
-from .webrtc_tracks import read_stamp
+from runtime.capture import CameraSource
+from runtime.slots import LatestSlot, SlotClosed
+from runtime.webrtc_tracks import read_stamp
 
 __all__ = ["TrackCamera"]
 

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .sinks import FrameSink, OutputInfo
+from runtime.sinks import FrameSink, OutputInfo
 
 __all__ = ["VIDEO_CLOCK_RATE", "STAMP_BITS", "STAMP_ROWS", "draw_stamp", "read_stamp", "wall_ms_of",
            "HubFrame", "AvatarFrameHub", "VideoTrackConfig", "AvatarVideoTrack"]

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from runtime.backends import BACKENDS, accelerate, available_backends
+from avatar_engine.backends import BACKENDS, accelerate, available_backends
 
 
 def _net() -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """Image, landmark and temporal quality metrics (pure functions on numpy arrays).
 
 Conventions: images are ``(H, W, 3) uint8`` RGB; landmarks are ``(478, 3) float32`` (x, y, z in the
-pixels of the image they were detected on, see :mod:`avatar_engine.landmarks`). Every function is
+pixels of the image they were detected on, see :mod:`avatar_engine.face.landmarks`). Every function is
 deterministic and keeps no state.
 
 * :func:`mse`, :func:`psnr_from_mse`, :func:`psnr`: in 8-bit levels; PSNR is ``inf`` for equal images.
@@ -10,7 +10,7 @@ deterministic and keeps no state.
 * :func:`region_masks` + :func:`masked_l1`: mean absolute error in ``[0, 1]`` inside the mouth or eye
   regions (convex hulls of the lip / eye landmarks, grown by a margin in inter-ocular distances).
 * :func:`expression_error`: head pose removed by a 3-D similarity fitted on the rigid (skull)
-  landmarks of the reference (:func:`avatar_engine.retarget.rigid_indices`), then the mean 3-D
+  landmarks of the reference (:func:`avatar_engine.geometry.retarget.rigid_indices`), then the mean 3-D
   distance over the non-rigid landmarks (lips, jaw, eyes, brows, cheeks, irises), divided by the
   reference's inter-ocular distance (outer eye corners).
 * :func:`pose_error_deg`: the rotation of that same rigid fit as yaw / pitch / roll in degrees.
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .. import topology
-from ..retarget import fit_similarity, rigid_indices
+from avatar_engine.face import topology
+from avatar_engine.geometry.retarget import fit_similarity, rigid_indices
 
 __all__ = [
     "mse", "psnr_from_mse", "psnr", "ssim", "interocular_distance", "region_masks", "masked_l1",

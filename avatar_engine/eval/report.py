@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..imageio import write_image
-from .runner import CROSS_METRICS, SELF_METRICS, EvalResult, SequenceReport
+from avatar_engine.io.image import write_image
+from avatar_engine.eval.runner import CROSS_METRICS, SELF_METRICS, EvalResult, SequenceReport
 
 __all__ = ["ReportPaths", "report_dict", "markdown_report", "summary_lines", "contact_sheet", "write_report"]
 

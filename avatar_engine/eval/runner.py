@@ -3,11 +3,11 @@
 Self-reenactment (the paper's protocol), per clip of the split:
 
 * source = the clip's first frame in which a face is found (static mediapipe detection); it is
-  prepared with :func:`~avatar_engine.source.prepare_source` at full resolution and ``size``.
+  prepared with :func:`~avatar_engine.face.source.prepare_source` at full resolution and ``size``.
 * ground truth = the following frames (at most ``max_frames_per_clip``), cut with the *source's*
   crop, so ground truth and output share one frame of reference. The source frame itself is not
   scored.
-* output = a :class:`~avatar_engine.reenact.Reenactor` (``paste_back=False``) per renderer, driven by
+* output = a :class:`~avatar_engine.pipeline.reenact.Reenactor` (``paste_back=False``) per renderer, driven by
   the clip from the source frame on; its neutral is the source frame's landmarks *as the tracking
   detector sees them once locked on* (the source frame fed ``NEUTRAL_WARMUP`` times to a tracking
   detector): mediapipe's first detection of a face differs from its tracked ones by up to 4 % in
@@ -44,16 +44,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..crop import CropConfig, crop_from_landmarks
-from ..errors import AvatarError, NoFaceError
-from ..identity import SAME_PERSON_THRESHOLD, IdentityConfig, IdentityEncoder
-from ..landmarks import LandmarkConfig, LandmarkDetector
-from ..reenact import ReenactConfig, Reenactor
-from ..renderers import RENDERER_NAMES, Renderer, create_renderer
-from ..source import SourceConfig, SourceFace, prepare_source
-from ..video import iter_frames, probe_video
-from . import metrics
-from .dataset import ClipEntry, EvalDataset, ImageEntry, load_dataset
+from avatar_engine.face.crop import CropConfig, crop_from_landmarks
+from avatar_engine.errors import AvatarError, NoFaceError
+from avatar_engine.face.identity import SAME_PERSON_THRESHOLD, IdentityConfig, IdentityEncoder
+from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
+from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
+from avatar_engine.renderers import RENDERER_NAMES, create_renderer
+from avatar_engine.renderers.base import Renderer
+from avatar_engine.face.source import SourceConfig, SourceFace, prepare_source
+from avatar_engine.io.video import iter_frames, probe_video
+from avatar_engine.eval import metrics
+from avatar_engine.data.corpus import ClipEntry, EvalDataset, ImageEntry, load_dataset
 
 __all__ = ["EvalConfig", "SheetRow", "SequenceReport", "Failure", "EvalResult", "run_evaluation",
            "SELF_METRICS", "CROSS_METRICS"]

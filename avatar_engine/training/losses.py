@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import topology
+from avatar_engine.face import topology
 
 __all__ = ["ssim", "region_boxes", "region_weight_map", "weighted_l1", "lsgan_d_loss", "lsgan_g_loss",
            "feature_matching"]

@@ -1,6 +1,6 @@
 """Training loop of the neural base model (``avatar-engine train``).
 
-Data: self-reenactment pairs from the ``prepare`` cache (:class:`avatar_engine.dataset.PairDataset`);
+Data: self-reenactment pairs from the ``prepare`` cache (:class:`avatar_engine.data.prepare.PairDataset`);
 each pair gets its mesh-warp grid (the geometric prior) in the data-loader workers.
 
 Stages (as in the paper): steps ``[0, warp_steps)`` train the warping network alone (loss on the
@@ -41,14 +41,14 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ..dataset import PairConfig, PairDataset, load_prepared
-from ..errors import AvatarError
-from ..neural_model import NeuralAvatar, NeuralConfig, config_from_dict, save_weights
-from ..rasterizer import ConnectivityRasterizer
-from ..warp import MeshWarp, WarpConfig
-from . import losses
-from .ddp import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
-from .discriminator import DiscriminatorConfig, MultiScaleDiscriminator
+from avatar_engine.data.prepare import PairConfig, PairDataset, load_prepared
+from avatar_engine.errors import AvatarError
+from avatar_engine.models.base_model import NeuralAvatar, NeuralConfig, config_from_dict, save_weights
+from avatar_engine.geometry.rasterizer import ConnectivityRasterizer
+from avatar_engine.geometry.mesh_warp import MeshWarp, WarpConfig
+from avatar_engine.training import losses
+from avatar_engine.training.ddp import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from avatar_engine.training.discriminator import DiscriminatorConfig, MultiScaleDiscriminator
 
 __all__ = ["LossConfig", "OptimConfig", "TrainConfig", "TrainReport", "MeshPairs", "StepSampler", "train",
            "export_weights", "load_train_config"]
@@ -136,7 +136,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
 class MeshPairs(torch.utils.data.Dataset):
     """A :class:`PairDataset` whose items also carry ``mesh_grid (S, S, 2)``: the mesh warp of the source
-    to the driving landmarks (:class:`~avatar_engine.warp.MeshWarp` with ``warp_config``)."""
+    to the driving landmarks (:class:`~avatar_engine.geometry.mesh_warp.MeshWarp` with ``warp_config``)."""
 
     def __init__(self, pairs: PairDataset, size: int, warp_config: WarpConfig):
         self.pairs, self.size, self.warp_config = pairs, size, warp_config

@@ -1,0 +1,42 @@
+"""Renderers: a prepared source portrait + target landmarks -> an output face crop.
+
+Implementations, one module each:
+
+* ``source`` (:mod:`.source`): no motion, returns the source crop (the evaluation baseline).
+* ``mesh`` (:mod:`.mesh`): the dense-landmark warp, no learned weights.
+* ``neural`` (:mod:`.neural`): the trained warping + refinement model; falls back to ``mesh`` with a
+  warning when its weights are missing or corrupt.
+
+``create_renderer(name)`` builds one by name; ``RENDERER_NAMES`` lists the names. The interface is
+:class:`~avatar_engine.renderers.base.Renderer`; no renderer module imports this registry.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from avatar_engine.renderers.base import Renderer
+from avatar_engine.renderers.mesh import MeshRenderer
+from avatar_engine.renderers.neural import create_neural_renderer
+from avatar_engine.renderers.source import SourceRenderer
+
+__all__ = ["Renderer", "SourceRenderer", "MeshRenderer", "create_renderer", "RENDERER_NAMES"]
+
+
+def _neural(device: torch.device | str = "cpu", **kwargs: Any) -> Renderer:
+
+    return create_neural_renderer(device, **kwargs)
+
+
+_RENDERERS: dict[str, Callable[..., Renderer]] = {"source": SourceRenderer, "mesh": MeshRenderer, "neural": _neural}
+RENDERER_NAMES: tuple[str, ...] = tuple(_RENDERERS)
+
+
+def create_renderer(name: str, device: torch.device | str = "cpu", **kwargs: Any) -> Renderer:
+    """Build a renderer by name (one of :data:`RENDERER_NAMES`)."""
+    try:
+        cls = _RENDERERS[name]
+    except KeyError:
+        raise ValueError(f"unknown renderer {name!r}; choose from {', '.join(RENDERER_NAMES)}") from None
+    return cls(device, **kwargs)

@@ -1,0 +1,125 @@
+"""Motion retargeting on real landmarks from val clips."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from avatar_engine.face import topology
+from avatar_engine.face.crop import CropConfig, crop_from_landmarks
+from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
+from avatar_engine.geometry.retarget import MotionRetargeter, RetargetConfig, Similarity, fit_similarity
+
+
+def _clip_landmarks(path, n: int, step: int = 1) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    with LandmarkDetector(LandmarkConfig(smoothing=False), static=False) as det:
+        i = 0
+        while len(out) < n:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i % step == 0:
+                pts = det.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i / 25.0)
+                if pts is not None:
+                    out.append(pts)
+            i += 1
+    cap.release()
+    assert len(out) == n, f"expected {n} frames with a face in {path}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def driver(data_dir):
+    """Landmarks of 40 frames of a talking val clip (every 2nd frame)."""
+    return _clip_landmarks(data_dir / "clips/val/P004/C018.mp4", 40, step=2)
+
+
+@pytest.fixture(scope="module")
+def other_face(data_dir):
+    return _clip_landmarks(data_dir / "clips/val/P048/C077.mp4", 1)[0]
+
+
+def test_fit_similarity_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(100, 3)) * 50
+    truth = Similarity(1.7, Rotation.from_euler("xyz", [10, -20, 5], degrees=True).as_matrix(), np.array([3.0, -4.0, 5.0]))
+    fit = fit_similarity(pts, truth.apply(pts))
+    assert fit.scale == pytest.approx(1.7, rel=1e-5)
+    np.testing.assert_allclose(fit.rotation, truth.rotation, atol=1e-5)
+    np.testing.assert_allclose(fit.compose(fit.inverse()).apply(pts), pts, atol=1e-3)
+
+
+def test_self_reenactment_reproduces_driver_geometry(driver):
+    """Source = crop of the neutral frame: target == driver landmarks in crop coordinates."""
+    neutral = driver[0]
+    crop = crop_from_landmarks(neutral, CropConfig(size=256))
+    retarget = MotionRetargeter(crop.to_crop(neutral))
+    retarget.set_neutral(neutral)
+    errors = [np.abs(retarget(d)[:, :2] - crop.to_crop(d)[:, :2]).max() for d in driver]
+    assert max(errors) < 0.05, f"max deviation {max(errors):.4f} px"
+
+
+def test_neutral_driver_keeps_source_shape(driver, other_face):
+    """Cross-identity: a driver at its neutral gives exactly the source's own landmarks (no identity leak)."""
+    crop = crop_from_landmarks(other_face, CropConfig(size=256))
+    source = crop.to_crop(other_face)
+    retarget = MotionRetargeter(source)
+    retarget.set_neutral(driver[0])
+    np.testing.assert_allclose(retarget(driver[0]), source, atol=1e-2)
+
+
+def test_expression_change_transfers_scaled_to_source(driver, other_face):
+    """Mouth opening of the driver shows up in the target, scaled by the face-size ratio."""
+    crop = crop_from_landmarks(other_face, CropConfig(size=256))
+    source = crop.to_crop(other_face)
+    retarget = MotionRetargeter(source, RetargetConfig(pose=False, translation=False))
+    retarget.set_neutral(driver[0])
+
+    def mouth_gap(p):
+        return np.linalg.norm(p[14, :2] - p[13, :2])
+
+    def eye_dist(p):
+        return np.linalg.norm(p[263, :2] - p[33, :2])
+
+    widest = max(driver, key=lambda d: mouth_gap(d) - mouth_gap(driver[0]))
+    driver_open = (mouth_gap(widest) - mouth_gap(driver[0])) / eye_dist(driver[0])
+    assert driver_open > 0.05, "the test clip must open its mouth"
+    target = retarget(widest)
+    target_open = (mouth_gap(target) - mouth_gap(source)) / eye_dist(source)
+    assert target_open == pytest.approx(driver_open, rel=0.3)
+    # the rest of the face keeps the source's shape: the outer eye corners barely move
+    assert np.abs(target[[33, 263], :2] - source[[33, 263], :2]).max() < 0.05 * eye_dist(source)
+
+
+def test_head_rotation_is_transferred_and_clamped(other_face):
+    crop = crop_from_landmarks(other_face, CropConfig(size=256))
+    source = crop.to_crop(other_face)
+    neutral = other_face
+    centre = neutral.mean(0)
+
+    def turned(deg: float) -> np.ndarray:
+        rot = Rotation.from_euler("y", deg, degrees=True).as_matrix()
+        return ((neutral - centre) @ rot.T + centre).astype(np.float32)
+
+    retarget = MotionRetargeter(source, RetargetConfig(max_rotation_deg=30))
+    retarget.set_neutral(neutral)
+    for deg, expect in ((15, 15), (60, 30)):
+        target = retarget(turned(deg))
+        angle = np.degrees(np.arccos(np.clip((np.trace(fit_similarity(source, target).rotation) - 1) / 2, -1, 1)))
+        assert angle == pytest.approx(expect, abs=1.0)
+
+
+def test_recalibration_takes_a_new_neutral(driver):
+    crop = crop_from_landmarks(driver[0], CropConfig(size=256))
+    source = crop.to_crop(driver[0])
+    retarget = MotionRetargeter(source)
+    retarget(driver[10])  # first call becomes the neutral
+    np.testing.assert_allclose(retarget(driver[10]), source, atol=1e-2)
+    retarget.clear_neutral()
+    assert not retarget.has_neutral
+    retarget(driver[20])
+    np.testing.assert_allclose(retarget.neutral, driver[20])
+    assert topology.NUM_LANDMARKS == 478
