@@ -1,4 +1,4 @@
-"""Typed dataclass configs from TOML / dicts: one loader for every config of the project."""
+"""Typed dataclass configs from TOML / dicts (one loader for every config of the project) and shared defaults."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["config_from_dict", "load_config"]
+__all__ = ["config_from_dict", "load_config", "DEFAULT_RENDERER"]
+
+DEFAULT_RENDERER = "neural"
+"""The renderer of every command and every library config that names one (the shipped trained model)."""
 
 
 def config_from_dict(cls: type, data: dict[str, Any]):

@@ -1,4 +1,4 @@
-"""The ``avatar-engine`` command line (entry point :func:`main`)."""
-from avatar_engine.cli.commands import build_parser, main
+"""The ``avatar-engine`` command line (entry point :func:`main`; one module per command)."""
+from avatar_engine.cli.main import build_parser, main
 
 __all__ = ["main", "build_parser"]

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from avatar_engine.errors import NoFaceError
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
-from avatar_engine.renderers import create_renderer
+from avatar_engine.renderers import DEFAULT_RENDERER, create_renderer
 from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.io.video import VideoWriter, iter_frames, probe_video
 
@@ -34,7 +34,7 @@ class RenderJobConfig:
     source: Path
     driving: Path
     output: Path
-    renderer: str = "mesh"
+    renderer: str = DEFAULT_RENDERER
     size: int = 256
     device: str = "cpu"
     audio: bool = True

@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import torch
 
+from avatar_engine.config import DEFAULT_RENDERER
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.renderers.mesh import MeshRenderer
 from avatar_engine.renderers.neural import create_neural_renderer
 from avatar_engine.renderers.source import SourceRenderer
 
-__all__ = ["Renderer", "SourceRenderer", "MeshRenderer", "create_renderer", "RENDERER_NAMES"]
+__all__ = ["Renderer", "SourceRenderer", "MeshRenderer", "create_renderer", "RENDERER_NAMES", "DEFAULT_RENDERER"]
 
 
 def _neural(device: torch.device | str = "cpu", **kwargs: Any) -> Renderer:

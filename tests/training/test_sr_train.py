@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from avatar_engine import cli
+from avatar_engine.cli import main as cli_main
+from avatar_engine.cli.main import _join_compound
 from avatar_engine.data.prepare import PrepareConfig, load_prepared, prepare_dataset
 from avatar_engine.data.degrade import DegradeConfig
 from avatar_engine.models.sr_net import SRConfig
@@ -83,17 +84,17 @@ def test_train_sr_under_ddp_world_size_two(sr_cache: Path, tmp_path: Path) -> No
 
 
 def test_cli_train_sr_spelt_as_in_the_issue(sr_cache: Path, tmp_path: Path, capsys) -> None:
-    assert cli._join_compound(["-v", "train", "sr", "--stage", "2d"]) == ["-v", "train-sr", "--stage", "2d"]
-    assert cli._join_compound(["train", "--config", "x"]) == ["train", "--config", "x"]
+    assert _join_compound(["-v", "train", "sr", "--stage", "2d"]) == ["-v", "train-sr", "--stage", "2d"]
+    assert _join_compound(["train", "--config", "x"]) == ["train", "--config", "x"]
     config = tmp_path / "tiny.toml"
     model = dataclasses.asdict(TINY)
     config.write_text("[model]\n" + "".join(f"{k} = {list(v) if isinstance(v, tuple) else v}\n"
                                             for k, v in model.items())
                       + "[train]\nsteps = 1\nbatch = 1\npatch = 32\nrender_fraction = 0.0\nmin_source_side = 0.0\n")
     run = tmp_path / "cli_run"
-    rc = cli.main(["train", "sr", "--config", str(config), "--stage", "2d", "--cache", str(sr_cache),
+    rc = cli_main(["train", "sr", "--config", str(config), "--stage", "2d", "--cache", str(sr_cache),
                    "--run-dir", str(run), "--threads", "1"])
     assert rc == 0 and (run / "sr_2d.safetensors").is_file()
-    assert cli.main(["train", "sr", "--config", str(tmp_path / "missing.toml"), "--stage", "2d"]) == 2
+    assert cli_main(["train", "sr", "--config", str(tmp_path / "missing.toml"), "--stage", "2d"]) == 2
     assert "SR config not found" in capsys.readouterr().err
     assert np.isfinite(load_sr_net(run / "sr_2d.safetensors").tail.bias.detach().numpy()).all()
