@@ -46,7 +46,7 @@ from tqdm import tqdm
 from avatar_engine.data.prepare import PreparedClip, default_cache_dir, load_prepared
 from avatar_engine.data.degrade import DegradeConfig, degrade_clip, sample_degradation
 from avatar_engine.errors import AvatarError, InputFileError
-from avatar_engine.eval.metrics import optical_flow
+from avatar_engine.geometry.flow import optical_flow
 from avatar_engine.models.sr_net import SRConfig, SRNet, inflate
 from avatar_engine.pipeline.super_resolution import load_sr_net, save_sr_weights
 from avatar_engine.training.ddp import init_distributed

@@ -222,7 +222,7 @@ def test_shipped_weights_load_offline_and_beat_bicubic(real_clip) -> None:
 
 
 def test_one_training_step_on_real_val_frames_lowers_the_loss(real_clip) -> None:
-    from avatar_engine.eval.metrics import optical_flow
+    from avatar_engine.geometry.flow import optical_flow
     from avatar_engine.training.sr import SRTrainConfig, sr_losses, training_step
 
     inp, gt = real_clip[0][..., 32:96, 32:96], real_clip[1][..., 64:192, 64:192]
