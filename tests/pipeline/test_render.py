@@ -128,7 +128,8 @@ def test_corrupt_driving(data_dir, tmp_path, capsys):
 
 
 def test_driving_with_no_face_stretch(data_dir, tmp_path, capsys, caplog):
-    """Grey frames in the middle: the render completes, the count is reported, the output eases to neutral."""
+    """Grey frames in the middle: the render completes with every frame, the count is reported, and the
+    avatar holds its last pose at the start of the gap instead of jumping."""
     clip = tmp_path / "gap.mp4"
     frames = [f for f, _ in iter_frames(data_dir / CLIP, max_frames=30)]
     with VideoWriter(clip, 25.0, (256, 256)) as w:
@@ -136,11 +137,46 @@ def test_driving_with_no_face_stretch(data_dir, tmp_path, capsys, caplog):
             w.write(np.full_like(f, 120) if 10 <= i < 25 else f)
     out = tmp_path / "o.mp4"
     with caplog.at_level("WARNING", logger="avatar_engine"):
-        rc, _ = _run(capsys, "render", "--source", data_dir / PHOTO, "--driving", clip, "--output", out)
+        rc, _ = _run(capsys, "render", "--source", data_dir / PHOTO, "--driving", clip, "--output", out,
+                     "--renderer", "mesh")
     assert rc == 0
     assert "no face in 15 of 30 driving frames" in caplog.text
-    got = [f for f, _ in iter_frames(out)]
-    assert len(got) == 30 and all(np.isfinite(f).all() for f in got)
+    got = [f.astype(np.int16) for f, _ in iter_frames(out)]
+    assert len(got) == 30
+    # within the hold (0.5 s = 12 frames at 25 fps) the output is the last driven frame (up to coding noise)
+    held = [np.abs(got[i] - got[9]).mean() for i in range(10, 20)]
+    assert max(held) < 1.0, held
+
+
+def test_no_face_holds_the_pose_then_eases_to_neutral(data_dir):
+    """Reenactor level: with no face, the target is held for ``hold_s``, then moves monotonically to the
+    source's neutral landmarks, and is there (within a pixel) after a few ``ease_out_s``."""
+    frames = [f for f, _ in iter_frames(data_dir / CLIP, max_frames=12)]
+    source = prepare_source(read_image(data_dir / PHOTO))
+    cfg = ReenactConfig(paste_back=False, hold_s=0.5, ease_out_s=0.5)
+    fps = 25.0
+    grey = np.full_like(frames[0], 120)
+    with Reenactor(source, create_renderer("mesh"), cfg) as r:
+        r.set_neutral(r.detector.detect(frames[0], 0.0))
+        r.config.retarget.expression_scale = 2.0  # a clearly non-neutral last pose
+        for i, f in enumerate(frames[1:], 1):
+            last = r.step(f, i / fps)
+        assert last.face_found
+        neutral = r.render_source.landmarks
+        start = np.abs(last.target - neutral).mean()
+        assert start > 0.3  # the driven pose is not the neutral one
+        t_last = (len(frames) - 1) / fps
+        dists = []
+        for k in range(1, 60):
+            t = t_last + k / fps
+            res = r.step(grey, t)
+            assert not res.face_found
+            if t - t_last <= cfg.hold_s:
+                np.testing.assert_allclose(res.target, last.target, atol=1e-5)
+            else:
+                dists.append(np.abs(res.target - neutral).mean())
+    assert all(b <= a + 1e-6 for a, b in zip(dists, dists[1:]))  # monotone approach
+    assert dists[0] < start and dists[-1] < 0.05 * start
 
 
 def test_driving_without_any_face(data_dir, tmp_path, capsys):
@@ -154,6 +190,17 @@ def test_driving_without_any_face(data_dir, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_help_lists_render():
-    proc = subprocess.run([sys.executable, "-m", "avatar_engine.cli", "--help"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "render" in proc.stdout
+def test_help_lists_every_command_and_its_shared_options():
+    proc = subprocess.run([sys.executable, "-m", "avatar_engine.cli", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    for command in ("render", "start", "serve", "eval", "prepare", "train", "doctor"):
+        assert f"    {command} " in proc.stdout
+    for command in ("render", "start", "serve"):
+        sub = subprocess.run([sys.executable, "-m", "avatar_engine.cli", command, "--help"], capture_output=True,
+                             text=True, timeout=60)
+        assert sub.returncode == 0
+        for option in ("--source", "--renderer", "--size", "--device", "--threads", "--no-paste-back",
+                       "--expression-scale"):
+            assert option in sub.stdout, (command, option)
+        assert "(default: neural:" in " ".join(sub.stdout.split())
