@@ -29,7 +29,8 @@ import pyvirtualcam  # noqa: E402
 
 from machine import machine  # noqa: E402
 from runtime.engine import LiveConfig, LiveEngine, LiveReport  # noqa: E402
-from runtime.sinks import FrameSink, OutputInfo, VirtualCameraConfig  # noqa: E402
+from runtime.sinks import FrameSink, OutputInfo  # noqa: E402
+from runtime.vcam import VirtualCameraConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

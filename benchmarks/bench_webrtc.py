@@ -14,7 +14,7 @@ Prints a markdown table: latency p50/p99 (capture -> browser-decoded frame), fra
 decoded by the browser, the engine's own capture-to-output p50, the browser's mean jitter-buffer
 delay and decode time (its WebRTC statistics), and the round-trip time.
 
-Runs in a loopback-only network namespace (needs root; see ``tests/webrtc_support.py``); the
+Runs in a loopback-only network namespace (needs root; see ``runtime/loopback.py``); the
 server, its engines and Chromium all share this machine's CPU.
 """
 from __future__ import annotations
@@ -34,13 +34,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from webrtc_support import chromium, loopback_netns, netns_unavailable_reason, write_y4m  # noqa: E402
 
 from avatar_engine.io.video import iter_frames  # noqa: E402
+from avatar_engine.pipeline.reenact import ReenactConfig  # noqa: E402
 from runtime.capture import FileCamera  # noqa: E402
+from runtime.loopback import chromium, loopback_netns, netns_unavailable_reason, write_y4m  # noqa: E402
 from runtime.server import AvatarServer, ServerConfig  # noqa: E402
+from runtime.session import LiveConfig  # noqa: E402
 from runtime.webrtc_tracks import VideoTrackConfig  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -48,10 +48,11 @@ DATA = REPO.parent / "shared" / "data"
 
 async def measure(mode: str, size: int, args, clip_y4m: Path) -> dict:
     """One configuration: warm up, then collect the page's reports for ``args.seconds``."""
-    camera = None if mode == "remote" else FileCamera(args.clip, loop=True)
-    server = AvatarServer(ServerConfig(
-        source=args.source, camera=camera, port=0, paste_back=False, calibrate=False, renderer=args.renderer,
-        size=size, threads=args.threads, audio=False, video=VideoTrackConfig(max_side=None, stamp=True)))
+    live = LiveConfig(source=args.source, camera=FileCamera(args.clip, loop=True), renderer=args.renderer, size=size,
+                      threads=args.threads, virtual_camera=False, neutral_pose=False,
+                      reenact=ReenactConfig(paste_back=False))
+    server = AvatarServer(ServerConfig(live, local=mode == "local", port=0, audio=False,
+                                       video=VideoTrackConfig(max_side=None, stamp=True)))
     await server.start()
     url = f"{server.url}&mode={mode}&autostart=1&stamp=1&report=250&audio=0"
     latencies: list[float] = []

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass
 
 from runtime.capture import list_cameras
-from runtime.sinks import MODPROBE_LINE, display_available
+from runtime.preview import display_available
+from runtime.vcam import MODPROBE_LINE
 
 __all__ = ["Check", "run_checks", "setup_instructions", "format_report"]
 

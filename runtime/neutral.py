@@ -1,9 +1,10 @@
 """Taking the driver's neutral pose: the "look at the camera" step of a live session.
 
 The avatar moves by how the driver's face differs from their neutral, so the neutral should be a
-relaxed, centred, still, front-facing face. :class:`NeutralCalibrator` watches the tracked landmarks
-and collects about ``duration_s`` seconds of frames in which the face is inside the guide box, of a
-sensible size, and still; the neutral is the per-point median of those frames (robust to a blink).
+relaxed, centred, still, front-facing face. :func:`neutral_problem` says whether one frame's face is
+acceptable as a neutral (inside the guide box, of a sensible size); :class:`NeutralPoseStep` feeds it
+the tracked landmarks of every frame and collects about ``duration_s`` seconds of acceptable frames
+in which the face is also still; the neutral is the per-point median of those frames (robust to a blink).
 If that does not happen within ``timeout_s`` of seeing a face (a user who sits off-centre, a
 talking clip), the median of the last ``duration_s`` of face frames is taken, with a warning.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from avatar_engine.face.landmarks import face_bbox
 
-__all__ = ["NeutralConfig", "NeutralCalibrator"]
+__all__ = ["NeutralConfig", "GUIDE_CENTRE", "guide_box", "neutral_problem", "NeutralGuide", "NeutralPoseStep"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -48,15 +49,64 @@ class NeutralConfig:
     timeout_s: float = 8.0
 
 
-class NeutralCalibrator:
+GUIDE_CENTRE = (0.5, 0.45)
+"""Centre of the guide box as fractions of the frame (faces sit a little above the middle)."""
+
+
+def guide_box(frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` pixels of the box the face should fill, for a ``(W, H)`` frame."""
+    w, h = frame_size
+    bw, bh = 0.36 * h, 0.48 * h
+    cx, cy = GUIDE_CENTRE[0] * w, GUIDE_CENTRE[1] * h
+    return int(cx - bw / 2), int(cy - bh / 2), int(cx + bw / 2), int(cy + bh / 2)
+
+
+def neutral_problem(points: np.ndarray, frame_size: tuple[int, int], config: NeutralConfig) -> str | None:
+    """Whether one frame's face is acceptable as a neutral pose, leaving motion aside.
+
+    Args:
+        points: ``(478, 3) float32`` landmarks in frame pixels.
+        frame_size: ``(W, H)`` of the driving frame.
+        config: the criteria.
+    Returns:
+        None when the face is acceptable, else the hint shown to the user (a frame with a problem
+        restarts the collection).
+    """
+    x0, y0, x1, y1 = face_bbox(points)
+    w, h = frame_size
+    off_x = (x0 + x1) / 2 / w - GUIDE_CENTRE[0]
+    off_y = (y0 + y1) / 2 / h - GUIDE_CENTRE[1]
+    height = (y1 - y0) / h
+    if abs(off_x) > config.max_offset_x or abs(off_y) > config.max_offset_y:
+        return "move your face into the box"
+    if height < config.min_height:
+        return "come closer"
+    if height > config.max_height:
+        return "move back a little"
+    return None
+
+
+@dataclass(frozen=True)
+class NeutralGuide:
+    """What the preview draws while the neutral pose is being taken.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` guide box in driving-frame pixels. ok: the current frame counts.
+        progress: fraction collected, ``[0, 1]``. hint: what the user should do.
+    """
+
+    box: tuple[int, int, int, int]
+    ok: bool
+    progress: float
+    hint: str
+
+
+class NeutralPoseStep:
     """Collects a neutral pose from a stream of driving landmarks.
 
     Usage: :meth:`start`, then :meth:`feed` every frame until it returns the neutral ``(478, 3)``.
-    :attr:`hint` and :attr:`progress` drive the overlay; :meth:`guide_box` is the box to draw.
+    :attr:`hint` and :attr:`progress` drive the overlay (:meth:`guide` bundles them with the box).
     """
-
-    GUIDE_CENTRE = (0.5, 0.45)
-    """Centre of the guide box as fractions of the frame (faces sit a little above the middle)."""
 
     def __init__(self, config: NeutralConfig | None = None):
         self.config = config or NeutralConfig()
@@ -85,12 +135,9 @@ class NeutralCalibrator:
             return 0.0
         return min(1.0, (self._window[-1][0] - self._window[0][0]) / self.config.duration_s)
 
-    def guide_box(self, frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """``(x0, y0, x1, y1)`` pixels of the box the face should fill, for a ``(W, H)`` frame."""
-        w, h = frame_size
-        bw, bh = 0.36 * h, 0.48 * h
-        cx, cy = self.GUIDE_CENTRE[0] * w, self.GUIDE_CENTRE[1] * h
-        return int(cx - bw / 2), int(cy - bh / 2), int(cx + bw / 2), int(cy + bh / 2)
+    def guide(self, frame_size: tuple[int, int]) -> NeutralGuide:
+        """The overlay's state now, for a ``(W, H)`` driving frame."""
+        return NeutralGuide(guide_box(frame_size), self.ok, self.progress, self.hint)
 
     def feed(self, points: np.ndarray | None, frame_size: tuple[int, int], t: float) -> np.ndarray | None:
         """Take one frame's driving landmarks.
@@ -116,25 +163,16 @@ class NeutralCalibrator:
             self._first_face_t = t
         self._recent.append((t, points))
         x0, y0, x1, y1 = face_bbox(points)
-        w, h = frame_size
         size = max(x1 - x0, y1 - y0, 1.0)
-        off_x = (x0 + x1) / 2 / w - self.GUIDE_CENTRE[0]
-        off_y = (y0 + y1) / 2 / h - self.GUIDE_CENTRE[1]
-        height = (y1 - y0) / h
         speed = 0.0
         if self._prev is not None and t > self._prev[0]:
             step = np.median(np.linalg.norm(points[:, :2] - self._prev[1][:, :2], axis=1))
             speed = float(step) / size / (t - self._prev[0])
         self._prev = (t, points)
 
-        if abs(off_x) > cfg.max_offset_x or abs(off_y) > cfg.max_offset_y:
-            self.hint = "move your face into the box"
-            self._window.clear()
-        elif height < cfg.min_height:
-            self.hint = "come closer"
-            self._window.clear()
-        elif height > cfg.max_height:
-            self.hint = "move back a little"
+        problem = neutral_problem(points, frame_size, cfg)
+        if problem is not None:
+            self.hint = problem
             self._window.clear()
         elif speed > cfg.max_speed:
             self.hint = "hold still"

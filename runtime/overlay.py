@@ -1,4 +1,4 @@
-"""Drawing for the preview window: calibration guide, stats panel, status banner, camera inset.
+"""Drawing for the preview window: neutral-pose guide, stats panel, status banner, camera inset.
 
 All functions draw on a copy and return ``(H, W, 3) uint8`` RGB; overlays only ever go to the
 preview, never to the virtual camera or the recording.
@@ -10,11 +10,10 @@ import math
 import cv2
 import numpy as np
 
+from runtime.controls import HOTKEY_HELP
 from runtime.stats import StatsSnapshot
 
-__all__ = ["HOTKEY_HELP", "draw_guide", "draw_stats", "draw_banner", "draw_inset", "draw_points"]
-
-HOTKEY_HELP = "C recalibrate  S stats  P pause  T passthrough  Q quit"
+__all__ = ["draw_guide", "draw_stats", "draw_banner", "draw_inset", "draw_points"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GREEN = (60, 220, 90)

@@ -35,11 +35,10 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
@@ -74,14 +73,15 @@ class ServerConfig:
     """Options of ``avatar-engine serve``.
 
     Attributes:
-        source: portrait photo (path, or ``(H, W, 3) uint8`` RGB).
+        live: the engines' options (source photo, camera, renderer, size, device, threads, expression
+            scale and paste-back in ``live.reenact``, neutral-pose step, ...). The local engine runs it as
+            given (its camera, virtual camera, recording and extra sinks too), remote sessions with the
+            browser's camera and their WebRTC track as their only output; the server never opens a
+            preview window nor takes over signals.
+        local: local driving: ``live.camera`` drives one shared engine (False: remote driving only,
+            no camera is opened here).
         host, port: where to listen (port 0: any free port).
         token: access token; None = a new random one. Required on non-loopback hosts.
-        camera: local driving camera (device index, video file, or a :class:`CameraSource`); None
-            disables local driving (remote driving only).
-        camera_width, camera_height, camera_fps, loop: capture format / file playing options.
-        renderer, size, device, threads, paste_back, calibrate: as for ``avatar-engine start``.
-        virtual_camera: also send the local avatar to the virtual camera.
         audio: send audio (local: the microphone; remote: the browser's microphone, sent back delayed).
         audio_device: PortAudio input device (None: the default).
         audio_source: local driving audio instead of the microphone (e.g. an ``ArrayAudioSource``).
@@ -97,22 +97,11 @@ class ServerConfig:
         startup_timeout_s: how long to wait for the local engine's first frame.
     """
 
-    source: str | Path | np.ndarray
+    live: LiveConfig
+    local: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
-    camera: str | int | CameraSource | None = 0
-    camera_width: int | None = None
-    camera_height: int | None = None
-    camera_fps: float | None = None
-    loop: bool = False
-    renderer: str = "mesh"
-    size: int = 256
-    device: str = "cpu"
-    threads: int | None = None
-    paste_back: bool = True
-    calibrate: bool = True
-    virtual_camera: bool = False
     audio: bool = True
     audio_device: int | str | None = None
     audio_source: AudioSource | None = None
@@ -211,7 +200,7 @@ class AvatarServer:
             OSError: the address is in use.
         """
         cfg = self.config
-        if cfg.camera is not None:
+        if cfg.local:
             await self._start_local_engine()
             if cfg.audio:
                 source = cfg.audio_source
@@ -254,7 +243,7 @@ class AvatarServer:
     async def _start_local_engine(self) -> None:
         cfg = self.config
         self.local_hub = AvatarFrameHub()
-        self.local_engine = LiveEngine(self._live_config(cfg.camera, self.local_hub, cfg.virtual_camera))
+        self.local_engine = LiveEngine(self.engine_config(self.local_hub))
         self._local_thread = threading.Thread(target=self._run_engine, name="local engine", daemon=True,
                                               args=(self.local_engine, "local"))
         self._local_thread.start()
@@ -268,13 +257,14 @@ class AvatarServer:
                 raise AvatarError(f"the local engine sent no frame within {cfg.startup_timeout_s:g} s")
             await asyncio.sleep(0.05)
 
-    def _live_config(self, camera, hub: AvatarFrameHub, virtual_camera: bool = False) -> LiveConfig:
-        cfg = self.config
-        return LiveConfig(source=cfg.source, camera=camera, camera_width=cfg.camera_width,
-                          camera_height=cfg.camera_height, camera_fps=cfg.camera_fps, loop=cfg.loop,
-                          renderer=cfg.renderer, size=cfg.size, device=cfg.device, threads=cfg.threads,
-                          paste_back=cfg.paste_back, preview=False, virtual_camera=virtual_camera,
-                          sinks=[hub], calibrate=cfg.calibrate, handle_signals=False)
+    def engine_config(self, hub: AvatarFrameHub, camera: CameraSource | None = None) -> LiveConfig:
+        """The options of one engine: ``config.live`` sending to ``hub``; with ``camera`` (remote
+        driving) that camera drives it and the hub is its only output."""
+        live = self.config.live
+        if camera is None:
+            return replace(live, sinks=[*live.sinks, hub], preview=False, handle_signals=False)
+        return replace(live, camera=camera, sinks=[hub], preview=False, virtual_camera=False, output=None,
+                       handle_signals=False)
 
     def _run_engine(self, engine: LiveEngine, label: str) -> None:
         """Engine thread: run until it stops; keep the report (or the error)."""
@@ -421,7 +411,7 @@ class AvatarServer:
         session.hub = hub = AvatarFrameHub()
         session.camera = TrackCamera(f"remote camera {session.info.id[:8]}", read_stamps=cfg.video.stamp)
         session.tasks.append(asyncio.ensure_future(session.camera.consume(remote["video"])))
-        session.engine = LiveEngine(self._live_config(session.camera, hub))
+        session.engine = LiveEngine(self.engine_config(hub, session.camera))
         session.engine_thread = threading.Thread(target=self._run_engine, name=f"engine {session.info.id[:8]}",
                                                  daemon=True, args=(session.engine, "remote"))
         session.engine_thread.start()

@@ -100,6 +100,8 @@ class AvatarFrameHub(FrameSink):
         latency_alpha: weight of a new measurement in the smoothed latency (exponential average).
     """
 
+    label = "WebRTC video"
+
     def __init__(self, latency_alpha: float = 0.1):
         self.latency_alpha = float(latency_alpha)
         self._lock = threading.Lock()

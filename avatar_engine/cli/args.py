@@ -57,10 +57,11 @@ def add_expression(g: argparse._ActionsContainer) -> None:
 
 
 def add_neutral(g: argparse._ActionsContainer) -> None:
-    """``--no-calibrate``: skip the live neutral-pose step."""
-    g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+    """``--no-neutral-pose``: skip the live neutral-pose step (``--no-calibrate``: its old spelling, hidden)."""
+    g.add_argument("--no-neutral-pose", dest="neutral_pose", action="store_false",
                    help="skip the 'look at the camera' neutral-pose step (the first face frame becomes the neutral "
                         "pose)")
+    g.add_argument("--no-calibrate", dest="neutral_pose", action="store_false", help=argparse.SUPPRESS)
 
 
 def set_threads(threads: int | None) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from avatar_engine.cli.args import add_avatar, add_camera, add_expression, add_neutral, add_source
+from avatar_engine.cli.args import add_avatar, add_camera, add_expression, add_neutral, add_source, reenact_from_args
 from avatar_engine.errors import AvatarError
 
-__all__ = ["add"]
+__all__ = ["add", "server_config"]
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -46,11 +46,35 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def server_config(args: argparse.Namespace, camera=None):
+    """The :class:`~runtime.server.ServerConfig` of the parsed options; ``camera``: the opened local
+    camera (None: remote driving only).
+
+    Raises:
+        AvatarError: an option out of range.
+    """
     from runtime.audio import DelayConfig
-    from runtime.capture import list_cameras, open_camera
-    from runtime.server import ServerConfig, serve
+    from runtime.server import ServerConfig
+    from runtime.session import LiveConfig
     from runtime.webrtc_tracks import VideoTrackConfig
+
+    audio_device = int(args.audio_device) if args.audio_device and args.audio_device.isdigit() else args.audio_device
+    try:
+        live = LiveConfig(
+            source=args.source, camera=0 if camera is None else camera, renderer=args.renderer, size=args.size,
+            device=args.device, threads=args.threads, preview=False, virtual_camera=args.virtual_camera,
+            neutral_pose=args.neutral_pose, reenact=reenact_from_args(args), handle_signals=False)
+        return ServerConfig(
+            live=live, local=camera is not None, host=args.host, port=args.port, token=args.token,
+            audio=args.audio, audio_device=audio_device, max_sessions=args.max_sessions, ice_servers=args.stun,
+            video=VideoTrackConfig(max_side=args.max_side), delay=DelayConfig(extra_ms=args.audio_extra_delay))
+    except ValueError as exc:
+        raise AvatarError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.capture import list_cameras, open_camera
+    from runtime.server import serve
 
     camera = None
     if args.local:
@@ -62,16 +86,7 @@ def run(args: argparse.Namespace) -> int:
             camera = open_camera(args.camera if args.camera is not None else "0", args.width, args.height, args.fps,
                                  args.loop)
             camera.open()
-    audio_device = int(args.audio_device) if args.audio_device and args.audio_device.isdigit() else args.audio_device
-    try:
-        config = ServerConfig(
-            source=args.source, host=args.host, port=args.port, token=args.token, camera=camera,
-            renderer=args.renderer, size=args.size, device=args.device, threads=args.threads,
-            paste_back=args.paste_back, calibrate=args.calibrate, virtual_camera=args.virtual_camera,
-            audio=args.audio, audio_device=audio_device, max_sessions=args.max_sessions, ice_servers=args.stun,
-            video=VideoTrackConfig(max_side=args.max_side), delay=DelayConfig(extra_ms=args.audio_extra_delay))
-    except ValueError as exc:
-        raise AvatarError(str(exc)) from None
+    config = server_config(args, camera)
     try:
         serve(config)
     except OSError as exc:

@@ -51,15 +51,15 @@ def run(args: argparse.Namespace) -> int:
     camera.open()
 
     from runtime.engine import LiveConfig, LiveEngine
-    from runtime.sinks import VirtualCameraConfig
+    from runtime.vcam import VirtualCameraConfig
 
     vcam = VirtualCameraConfig(width=args.vcam_size[0], height=args.vcam_size[1], mirror=args.mirror,
                                backend=args.vcam_backend, device=args.vcam_device)
     config = LiveConfig(
         source=args.source, camera=camera, renderer=args.renderer, size=args.size,
-        device=args.device, threads=args.threads, paste_back=args.paste_back, preview=args.preview,
+        device=args.device, threads=args.threads, preview=args.preview,
         virtual_camera=args.virtual_camera, vcam=vcam, output=args.output, output_fps=args.output_fps,
-        calibrate=args.calibrate, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
+        neutral_pose=args.neutral_pose, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
         reenact=reenact_from_args(args))
     report = LiveEngine(config).run()
     print(report.summary())

@@ -178,7 +178,7 @@ def test_preview_window_on_a_display(data_dir, xvfb_display):
             proc.kill()
     stderr = "".join(lines) + stderr
     assert proc.returncode == 0, stderr
-    assert "-> preview window" in stderr and "hotkeys: C recalibrate" in stderr
+    assert "-> preview window" in stderr and "hotkeys: C neutral pose" in stderr
     assert "no display" not in stderr
     assert ("stopped (window closed)" if closed else "stopped (duration)") in stdout
     if shot is not None:

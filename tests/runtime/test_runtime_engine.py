@@ -22,7 +22,8 @@ from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.io.video import VideoWriter, iter_frames, probe_video
 from runtime.capture import CaptureConfig, FileCamera, list_cameras
 from runtime.engine import LiveConfig, LiveEngine
-from runtime.sinks import FrameSink, OutputInfo, VirtualCameraConfig, VirtualCameraError
+from runtime.sinks import FrameSink, OutputInfo
+from runtime.vcam import VirtualCameraConfig, VirtualCameraError
 
 PHOTO = "images/val/P152/I036.png"  # 256x256 portrait
 CLIP = "clips/val/P004/C018.mp4"  # 256x256, 25 fps, 104 frames
@@ -132,11 +133,11 @@ def _write_clip(path, frames: list[np.ndarray], fps: float = 25.0) -> None:
 def test_virtual_camera_and_recording_of_a_live_session(data_dir, tmp_path, recording_backend):
     out = tmp_path / "session.mp4"
     cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, loop=True, preview=False, max_frames=75,
-                     vcam=VirtualCameraConfig(width=320, height=240, backend="recording"), output=out)
+                     vcam=VirtualCameraConfig(width=320, height=240, backend="recording"), output=out, renderer="mesh")
     report = LiveEngine(cfg).run()
 
     assert report.stop_reason == "max frames" and report.frames_processed == 75
-    assert report.calibrated  # the neutral was taken by the look-at-the-camera step
+    assert report.neutral_taken  # the neutral was taken by the look-at-the-camera step
     [cam] = recording_backend.instances
     assert (cam.width, cam.height, cam.fps) == (320, 240, 30.0)
     assert cam.fourcc == encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
@@ -171,8 +172,9 @@ def test_virtual_camera_frames_follow_the_driving_motion(data_dir, tmp_path, rec
     motion = {}
     for name, clip in (("moving", data_dir / CLIP), ("still", still)):
         RecordingBackend.instances = []
-        cfg = LiveConfig(source=data_dir / PHOTO, camera=clip, realtime=False, preview=False, calibrate=False,
-                         max_frames=40, vcam=VirtualCameraConfig(width=256, height=256, backend="recording"))
+        cfg = LiveConfig(source=data_dir / PHOTO, camera=clip, realtime=False, preview=False, neutral_pose=False,
+                         max_frames=40, vcam=VirtualCameraConfig(width=256, height=256, backend="recording"),
+                         renderer="mesh")
         report = LiveEngine(cfg).run()
         [cam] = recording_backend.instances
         assert len(cam.frames) == report.frames_processed == 40  # not real time: one output per frame
@@ -190,8 +192,8 @@ def test_no_face_stretch_eases_to_neutral_and_the_clip_end_stops_the_session(dat
     clip = tmp_path / "noface.mp4"
     _write_clip(clip, frames[:30] + [grey] * 50 + frames[30:60])  # 1.2 s face, 2 s nothing, 1.2 s face
     sink = CollectSink()
-    cfg = LiveConfig(source=data_dir / PHOTO, camera=clip, preview=False, virtual_camera=False, calibrate=False,
-                     sinks=[sink], reenact=ReenactConfig(hold_s=0.2, ease_out_s=0.4))
+    cfg = LiveConfig(source=data_dir / PHOTO, camera=clip, preview=False, virtual_camera=False, neutral_pose=False,
+                     sinks=[sink], reenact=ReenactConfig(hold_s=0.2, ease_out_s=0.4), renderer="mesh")
     with caplog.at_level(logging.INFO, logger="avatar_engine"):
         report = LiveEngine(cfg).run()
 
@@ -214,9 +216,9 @@ def test_no_face_stretch_eases_to_neutral_and_the_clip_end_stops_the_session(dat
 def test_camera_unplugged_mid_session_output_keeps_running(data_dir, caplog, recording_backend):
     camera = UnpluggedCamera(data_dir / CLIP, fail_after=25, away_opens=2)
     sink = CollectSink()
-    cfg = LiveConfig(source=data_dir / PHOTO, camera=camera, preview=False, calibrate=False, max_frames=60,
+    cfg = LiveConfig(source=data_dir / PHOTO, camera=camera, preview=False, neutral_pose=False, max_frames=60,
                      sinks=[sink], capture=CaptureConfig(retry_initial_s=0.2, retry_max_s=0.4),
-                     vcam=VirtualCameraConfig(width=256, height=256, backend="recording"))
+                     vcam=VirtualCameraConfig(width=256, height=256, backend="recording"), renderer="mesh")
     with caplog.at_level(logging.INFO, logger="avatar_engine"):
         report = LiveEngine(cfg).run()
 
@@ -235,18 +237,18 @@ def test_camera_unplugged_mid_session_output_keeps_running(data_dir, caplog, rec
     assert len(recording_backend.instances[0].frames) == len(sink.frames)
 
 
-def test_hotkey_commands_pause_passthrough_recalibrate(data_dir, caplog):
+def test_hotkey_commands_pause_passthrough_neutral_pose(data_dir, caplog):
     def script(n: int, info: OutputInfo, engine: LiveEngine) -> None:
-        actions = {45: "pause", 60: "pause", 75: "passthrough", 90: "passthrough", 100: "recalibrate",
+        actions = {45: "pause", 60: "pause", 75: "passthrough", 90: "passthrough", 100: "neutral",
                    101: "stats"}
         if n in actions:
             engine.command(actions[n])
-        if n > 110 and not info.calibrating or n > 400:
+        if n > 110 and not info.taking_neutral or n > 400:
             engine.command("quit")
 
     sink = CollectSink(script)
     cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP_512, loop=True, preview=False,
-                     virtual_camera=False, paste_back=False, sinks=[sink])
+                     virtual_camera=False, renderer="mesh", reenact=ReenactConfig(paste_back=False), sinks=[sink])
     engine = LiveEngine(cfg)
     sink.engine = engine
     with pytest.raises(ValueError, match="unknown command"):
@@ -264,10 +266,10 @@ def test_hotkey_commands_pause_passthrough_recalibrate(data_dir, caplog):
     assert len(through) >= 8 and all(sink.frames[i].shape == (512, 512, 3) for i in through)  # the real camera
     avatar = [i for i, m in enumerate(modes) if m == "avatar"]
     assert all(sink.frames[i].shape == (256, 256, 3) for i in avatar)
-    # the neutral was taken at start and again after the recalibrate command
-    calibrating = [info.calibrating for info in sink.infos]
-    assert calibrating[0] and not calibrating[99]
-    assert any(calibrating[101:]) and not calibrating[-1]
+    # the neutral was taken at start and again after the neutral command
+    taking = [info.taking_neutral for info in sink.infos]
+    assert taking[0] and not taking[99]
+    assert any(taking[101:]) and not taking[-1]
     assert caplog.text.count("neutral pose taken from") == 2
 
 
@@ -278,7 +280,7 @@ def test_virtual_camera_unavailable_says_how_to_fix_it(data_dir, tmp_path, caplo
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     out = tmp_path / "rec.mp4"
     cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, preview=True, output=out, max_frames=10,
-                     calibrate=False)
+                     neutral_pose=False, renderer="mesh")
     with caplog.at_level(logging.WARNING, logger="avatar_engine"):
         report = LiveEngine(cfg).run()
     assert "no display: running without the preview window" in caplog.text
@@ -287,7 +289,8 @@ def test_virtual_camera_unavailable_says_how_to_fix_it(data_dir, tmp_path, caplo
     assert report.virtual_camera == "" and "v4l2loopback" in report.virtual_camera_error
     assert probe_video(out).frames == report.recording_frames > 0
     # with nothing else to show, the virtual camera failure is an error
-    cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, preview=False, max_frames=10)
+    cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, preview=False, max_frames=10,
+                     renderer="mesh")
     with pytest.raises(VirtualCameraError, match="modprobe v4l2loopback"):
         LiveEngine(cfg).run()
 
@@ -328,7 +331,7 @@ def test_5000_frame_headless_run_memory_stays_flat(data_dir, recording_backend):
     pyvirtualcam.register_backend("counting", CountingBackend)
     sink = RssSink()
     cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, loop=True, realtime=False, preview=False,
-                     renderer="source", calibrate=False, max_frames=5000, sinks=[sink],
+                     renderer="source", neutral_pose=False, max_frames=5000, sinks=[sink],
                      vcam=VirtualCameraConfig(width=256, height=256, backend="counting"))
     report = LiveEngine(cfg).run()
     assert report.frames_processed == 5000 and report.dropped_camera == 0
@@ -352,7 +355,7 @@ def test_512_super_resolution_runs_in_its_own_thread_and_matches_the_sequential_
     threads_seen: set[str] = set()
     sink = CollectSink(hook=lambda n, info, engine: threads_seen.update(t.name for t in threading.enumerate()))
     cfg = LiveConfig(source=photo, camera=data_dir / CLIP_512, realtime=False, preview=False, virtual_camera=False,
-                     calibrate=False, max_frames=16, sinks=[sink], size=512, paste_back=False, reenact=reenact)
+                     neutral_pose=False, max_frames=16, sinks=[sink], size=512, renderer="mesh", reenact=reenact)
     report = LiveEngine(cfg).run()
 
     assert "finishing" in threads_seen
@@ -370,12 +373,18 @@ def test_512_super_resolution_runs_in_its_own_thread_and_matches_the_sequential_
 def test_a_finishing_stage_that_keeps_failing_ends_the_session_with_the_error(data_dir, monkeypatch, caplog):
     from avatar_engine.pipeline.reenact import Reenactor
 
+    real_finish, calls = Reenactor.finish, []
+
     def broken(self, rendered):
+        calls.append(rendered)
+        if len(calls) == 1:  # the neutral avatar at session start
+            return real_finish(self, rendered)
         raise ValueError("SR exploded")
 
     monkeypatch.setattr(Reenactor, "finish", broken)
     cfg = LiveConfig(source=data_dir / "images/val/P144/I045.jpg", camera=data_dir / CLIP_512, realtime=False,
-                     preview=False, virtual_camera=False, calibrate=False, size=512, sinks=[CollectSink()])
+                     preview=False, virtual_camera=False, neutral_pose=False, size=512, sinks=[CollectSink()],
+                     renderer="mesh")
     with caplog.at_level(logging.INFO, logger="avatar_engine"), \
             pytest.raises(RuntimeError, match="25 frames in a row failed to process: SR exploded"):
         LiveEngine(cfg).run()

@@ -1,4 +1,4 @@
-"""Live-engine building blocks: latest-value slots, stats, frame fitting, cameras, neutral-pose calibration."""
+"""Live-engine building blocks: latest-value slots, stats, frame fitting, cameras, the neutral-pose step."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,7 @@ from avatar_engine.errors import CameraError
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.io.video import iter_frames
 from runtime.capture import CaptureThread, FileCamera, describe_cameras, list_cameras, open_camera
-from runtime.neutral import NeutralCalibrator, NeutralConfig
+from runtime.neutral import NeutralConfig, NeutralPoseStep, neutral_problem
 from runtime.sinks import fit_frame
 from runtime.slots import Frame, LatestSlot, SlotClosed
 from runtime.stats import LatencyHistogram, RateMeter
@@ -160,17 +160,17 @@ def _landmarks(data_dir, n: int, shift: int = 0) -> list[tuple[np.ndarray, float
     return out
 
 
-def test_neutral_calibration_on_a_real_face(data_dir):
+def test_neutral_pose_on_a_real_face(data_dir):
     frames = _landmarks(data_dir, 60)
-    cal = NeutralCalibrator(NeutralConfig(duration_s=1.0))
-    cal.start()
+    step = NeutralPoseStep(NeutralConfig(duration_s=1.0))
+    step.start()
     neutral, used = None, 0
     for pts, t in frames:
         used += 1
-        neutral = cal.feed(pts, (256, 256), t)
+        neutral = step.feed(pts, (256, 256), t)
         if neutral is not None:
             break
-    assert neutral is not None and not cal.active
+    assert neutral is not None and not step.active
     assert 26 <= used <= 50  # about 1 s of 25 fps frames, a few skipped while the head moves
     stack = np.stack([p for p, _ in frames[:used]])
     assert neutral.shape == (478, 3) and neutral.dtype == np.float32
@@ -179,20 +179,36 @@ def test_neutral_calibration_on_a_real_face(data_dir):
     assert np.all(neutral[:, :2] <= stack[:, :, :2].max(0) + 1e-3)
 
 
-def test_neutral_calibration_guides_an_off_centre_face_then_times_out(data_dir):
+def test_neutral_pose_step_guides_an_off_centre_face_then_times_out(data_dir):
     frames = _landmarks(data_dir, 60, shift=120)  # the face at the right edge of a 256-px frame
-    cal = NeutralCalibrator(NeutralConfig(duration_s=1.0, timeout_s=1.5))
-    cal.start()
+    step = NeutralPoseStep(NeutralConfig(duration_s=1.0, timeout_s=1.5))
+    step.start()
     results = []
     for pts, t in frames:
-        results.append(cal.feed(pts, (256, 256), t))
+        results.append(step.feed(pts, (256, 256), t))
         if results[-1] is not None:
             break
-        assert cal.hint == "move your face into the box" and not cal.ok and cal.progress == 0.0
+        assert step.hint == "move your face into the box" and not step.ok and step.progress == 0.0
     assert results[-1] is not None  # settled for the recent frames after the timeout
     assert 37 <= len(results) <= 40  # 1.5 s at 25 fps
-    cal.start()
-    assert cal.feed(None, (256, 256), 10.0) is None and cal.hint.startswith("no face")
+    step.start()
+    assert step.feed(None, (256, 256), 10.0) is None and step.hint.startswith("no face")
+
+
+def test_neutral_problem_judges_one_frame(data_dir):
+    """One frame is acceptable as a neutral when the face is inside the guide box and of a sensible size."""
+    [(pts, _)] = _landmarks(data_dir, 1)
+    cfg = NeutralConfig()
+    assert neutral_problem(pts, (256, 256), cfg) is None  # the val clip's centred face
+    shifted = pts.copy()
+    shifted[:, 0] += 120
+    assert neutral_problem(shifted, (256, 256), cfg) == "move your face into the box"
+    small = pts.copy()  # the same face in a frame 8 times larger, centred: too far away
+    small[:, :2] += np.array([256 * 3.5, 256 * 3.5 - 0.05 * 256 * 8], np.float32)
+    assert neutral_problem(small, (2048, 2048), NeutralConfig(max_offset_y=1.0)) == "come closer"
+    big = pts.copy()
+    big[:, :2] = (big[:, :2] - 128) * 3 + 128
+    assert neutral_problem(big, (256, 256), NeutralConfig(max_offset_x=1.0, max_offset_y=1.0)) == "move back a little"
 
 
 def test_preview_hotkeys_map_to_commands():
@@ -205,7 +221,7 @@ def test_preview_hotkeys_map_to_commands():
     assert engine.handle_key(ord("t")) == "passthrough" and engine.mode == "passthrough"
     assert engine.handle_key(ord("T")) == "passthrough" and engine.mode == "avatar"
     assert engine.handle_key(ord("s")) == "stats"
-    assert engine.handle_key(ord("c")) == "recalibrate"
+    assert engine.handle_key(ord("c")) == "neutral" and engine.controls.retake_neutral.is_set()
     assert engine.handle_key(27) == "quit"
 
 

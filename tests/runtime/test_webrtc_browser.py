@@ -1,6 +1,6 @@
 """Headless Chromium opens the page and receives the avatar over WebRTC (local and remote driving).
 
-Runs in a loopback-only network namespace (``webrtc_support.loopback_netns``); skipped, saying why,
+Runs in a loopback-only network namespace (``runtime.loopback.loopback_netns``); skipped, saying why,
 without Chromium or where that namespace cannot be made.
 """
 from __future__ import annotations
@@ -13,12 +13,15 @@ import time
 import cv2
 import numpy as np
 import pytest
-from webrtc_support import chromium, chromium_binary, isolated_network, netns_unavailable_reason, write_y4m  # noqa: F401
+from webrtc_support import isolated_network  # noqa: F401
 
 from avatar_engine.io.video import iter_frames
+from avatar_engine.pipeline.reenact import ReenactConfig
 from runtime.audio import AUDIO_RATE, ArrayAudioSource
 from runtime.capture import FileCamera
+from runtime.loopback import chromium, chromium_binary, netns_unavailable_reason, write_y4m
 from runtime.server import AvatarServer, ServerConfig
+from runtime.session import LiveConfig
 
 _NETNS = netns_unavailable_reason()
 pytestmark = [
@@ -28,6 +31,12 @@ pytestmark = [
 
 CLIP = "clips/val/P004/C018.mp4"
 PHOTO = "images/val/P152/I036.png"
+
+
+def _live(data_dir, renderer: str, camera=None) -> LiveConfig:
+    """The engines' options: the val photo, the face crop only, no neutral-pose step, no virtual camera."""
+    return LiveConfig(source=data_dir / PHOTO, camera=0 if camera is None else camera, renderer=renderer, threads=1,
+                      virtual_camera=False, neutral_pose=False, reenact=ReenactConfig(paste_back=False))
 
 
 async def _wait_report(server: AvatarServer, browser, predicate, timeout: float) -> dict:
@@ -51,9 +60,8 @@ def test_chromium_receives_local_avatar_with_audio(data_dir):
 
     async def run():
         server = AvatarServer(ServerConfig(
-            source=data_dir / PHOTO, camera=FileCamera(data_dir / CLIP, loop=True), port=0, paste_back=False,
-            calibrate=False, renderer="source", threads=1, audio_source=ArrayAudioSource(beeps, loop=True),
-            heartbeat_timeout_s=3.0))
+            _live(data_dir, "source", FileCamera(data_dir / CLIP, loop=True)), port=0,
+            audio_source=ArrayAudioSource(beeps, loop=True), heartbeat_timeout_s=3.0))
         await server.start()
         try:
             with chromium(f"{server.url}&mode=local&autostart=1&report=500") as browser:
@@ -89,8 +97,7 @@ def test_chromium_remote_driving_from_a_val_clip(data_dir, tmp_path):
     clip = write_y4m(frames, 25, tmp_path / "camera.y4m")
 
     async def run() -> bytes:
-        server = AvatarServer(ServerConfig(source=data_dir / PHOTO, camera=None, host="0.0.0.0", port=0,
-                                           paste_back=False, calibrate=False, renderer="mesh", threads=1))
+        server = AvatarServer(ServerConfig(_live(data_dir, "mesh"), local=False, host="0.0.0.0", port=0))
         await server.start()
         assert server.require_token  # the page must pass the token on every request
         url = f"http://127.0.0.1:{server.port}/?token={server.token}&mode=remote&autostart=1&report=500&snapshot=1"

@@ -1,6 +1,6 @@
 """Real aiortc peers against the signalling server, and lip sync through real WebRTC.
 
-Every test here runs in a loopback-only network namespace (see ``webrtc_support.loopback_netns``):
+Every test here runs in a loopback-only network namespace (see ``runtime.loopback.loopback_netns``):
 nothing can leave the machine. Skipped, saying why, where that namespace cannot be made.
 """
 from __future__ import annotations
@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from webrtc_support import isolated_network, netns_unavailable_reason  # noqa: F401
+from webrtc_support import isolated_network  # noqa: F401
 
+from avatar_engine.pipeline.reenact import ReenactConfig
 from runtime.audio import AUDIO_RATE, ArrayAudioSource, DelayedAudio, DelayedAudioTrack
 from runtime.capture import FileCamera
+from runtime.loopback import netns_unavailable_reason
 from runtime.server import AvatarServer, ServerConfig
+from runtime.session import LiveConfig
 from runtime.sinks import OutputInfo
 from runtime.webrtc_tracks import AvatarFrameHub, AvatarVideoTrack, VideoTrackConfig
 
@@ -31,13 +34,12 @@ CLIP = "clips/val/P004/C018.mp4"
 PHOTO = "images/val/P152/I036.png"
 
 
-def _server_config(data_dir, **kw) -> ServerConfig:
-    """A local-driving server on a free port: the val clip (played at 30 fps, looped) as its camera."""
-    base = dict(source=data_dir / PHOTO, camera=FileCamera(data_dir / CLIP, loop=True, fps=30.0), port=0,
-                paste_back=False, calibrate=False, audio=False, threads=1, renderer="source",
-                connect_timeout_s=10.0)
-    base.update(kw)
-    return ServerConfig(**base)
+def _server_config(data_dir, local: bool = True, renderer: str = "source", **kw) -> ServerConfig:
+    """A server on a free port; local driving: the val clip (played at 30 fps, looped) as its camera."""
+    live = LiveConfig(source=data_dir / PHOTO, camera=FileCamera(data_dir / CLIP, loop=True, fps=30.0),
+                      renderer=renderer, threads=1, virtual_camera=False, neutral_pose=False,
+                      reenact=ReenactConfig(paste_back=False))
+    return ServerConfig(live, **{"local": local, "port": 0, "audio": False, "connect_timeout_s": 10.0, **kw})
 
 
 class ClipTrack(MediaStreamTrack):
@@ -181,7 +183,7 @@ def test_remote_driving_with_an_aiortc_peer(data_dir):
     from avatar_engine.face.landmarks import LandmarkDetector
 
     async def run():
-        server = AvatarServer(_server_config(data_dir, camera=None, renderer="mesh"))
+        server = AvatarServer(_server_config(data_dir, local=False, renderer="mesh"))
         await server.start()
         client = Client(server.port, mode="remote", send=ClipTrack(data_dir / CLIP))
         try:
@@ -402,7 +404,7 @@ def test_serve_command_prints_the_address_and_stops_cleanly(data_dir, tmp_path):
 
     cmd = [sys.executable, "-m", "avatar_engine.cli", "serve", "--source", str(data_dir / PHOTO),
            "--camera", str(data_dir / CLIP), "--loop", "--host", "0.0.0.0", "--port", "0", "--no-audio",
-           "--no-calibrate", "--renderer", "source", "--threads", "1"]
+           "--no-neutral-pose", "--renderer", "source", "--threads", "1"]
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
