@@ -21,6 +21,7 @@ from avatar_engine.renderers import create_renderer
 from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.io.video import VideoWriter, iter_frames, probe_video
 from runtime.capture import CaptureConfig, FileCamera, list_cameras
+from runtime.neutral import NeutralConfig
 from runtime.engine import LiveConfig, LiveEngine
 from runtime.sinks import FrameSink, OutputInfo
 from runtime.vcam import VirtualCameraConfig, VirtualCameraError
@@ -389,3 +390,93 @@ def test_a_finishing_stage_that_keeps_failing_ends_the_session_with_the_error(da
             pytest.raises(RuntimeError, match="25 frames in a row failed to process: SR exploded"):
         LiveEngine(cfg).run()
     assert caplog.text.count("finishing a frame failed; skipping it") == 1
+
+
+class ScriptedWindow:
+    """The preview window at the display boundary (no X server here): keeps what it is shown and
+    presses ``key`` at the ``press_at``-th picture, or reports the window closed after it."""
+
+    def __init__(self, press_at: int, key: int | None):
+        self.shown: list[np.ndarray] = []
+        self.press_at, self.key = press_at, key
+        self.opened = self.closed = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def show(self, rgb: np.ndarray) -> int:
+        self.shown.append(rgb)
+        return self.key if self.key is not None and len(self.shown) == self.press_at else -1
+
+    @property
+    def closed_by_user(self) -> bool:
+        return self.key is None and len(self.shown) >= self.press_at
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("key, reason", [(ord("q"), "quit"), (None, "window closed")])
+def test_every_output_goes_through_the_one_sink_interface(data_dir, tmp_path, recording_backend, monkeypatch,
+                                                          key, reason):
+    """Virtual camera, recording, an extra sink and the preview window all get each output frame through
+    ``FrameSink.send``: the same frames, in the same number; the preview composes its picture from the
+    frame and its ``OutputInfo`` alone, and its keys and its closing end the session."""
+    import runtime.preview
+    from runtime.preview import compose_preview
+
+    windows: list[ScriptedWindow] = []
+
+    def new_window() -> ScriptedWindow:
+        windows.append(ScriptedWindow(40, key))
+        return windows[-1]
+
+    monkeypatch.setattr(runtime.preview, "PreviewWindow", new_window)
+    monkeypatch.setattr("runtime.outputs.display_available", lambda: True)
+    sink = CollectSink()
+    out = tmp_path / "rec.mp4"
+    cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP_512, realtime=False, renderer="mesh",
+                     vcam=VirtualCameraConfig(width=256, height=256, backend="recording"), output=out, sinks=[sink],
+                     neutral=NeutralConfig(duration_s=0.5))
+    report = LiveEngine(cfg).run()
+
+    [window], [cam] = windows, recording_backend.instances
+    assert report.stop_reason == reason and report.preview and window.opened and window.closed and sink.closed
+    n = len(sink.frames)
+    assert n == report.frames_output == len(cam.frames) == report.recording_frames == probe_video(out).frames
+    for got, want in zip(cam.frames, sink.frames):
+        assert np.array_equal(got.reshape(256, 256, 3), want)
+    # while the neutral pose is taken the preview shows the camera (512) with the guide; then the avatar (256 -> 480)
+    assert sink.infos[0].taking_neutral and sink.infos[0].guide is not None and sink.infos[0].camera is not None
+    assert window.shown[0].shape == (512, 512, 3) and window.shown[-1].shape == (480, 480, 3)
+    assert not sink.infos[-1].taking_neutral
+    # the last picture is the last frame the window got; after the user closed it, it is not shown again
+    last = -1 if key is not None else -2
+    assert np.array_equal(window.shown[-1], compose_preview(sink.frames[last], sink.infos[last], "avatar", None))
+
+
+def test_the_neutral_avatar_goes_through_finish_with_super_resolution(data_dir, monkeypatch):
+    """The avatar shown until the driver's neutral is taken is made by ``Reenactor.finish`` like every
+    other frame: rendered at 256 and lifted to 512 by the SR stage, then pasted back."""
+    from avatar_engine.pipeline.reenact import Reenactor
+
+    real_finish, calls = Reenactor.finish, []
+
+    def spy(self, rendered):
+        result = real_finish(self, rendered)
+        calls.append((rendered, result))
+        return result
+
+    monkeypatch.setattr(Reenactor, "finish", spy)
+    sink = CollectSink()
+    cfg = LiveConfig(source=data_dir / "images/val/P144/I045.jpg", camera=data_dir / CLIP_512, realtime=False,
+                     preview=False, virtual_camera=False, size=512, renderer="mesh", max_frames=4, sinks=[sink])
+    LiveEngine(cfg).run()
+
+    rendered, result = calls[0]  # the first finish of the session: the neutral avatar, before any camera frame
+    assert rendered.driving is None and rendered.crop.shape == (256, 256, 3)
+    assert "sr" in result.timings_ms and result.crop.shape == (512, 512, 3)
+    assert len(calls) == 1 + 4
+    assert all(info.taking_neutral for info in sink.infos)  # 4 frames: the neutral pose is still being taken
+    assert all(frame is result.frame for frame in sink.frames)
+    assert result.frame.shape == (1200, 1200, 3)  # pasted back into the photo, like the driven frames
