@@ -1,9 +1,17 @@
-"""The live engine: camera in, avatar out, in real time.
+"""The live engine: camera in, avatar out, in real time (``avatar-engine start``, ``serve``, ``doctor``).
 
-Capture threads and camera sources (:mod:`.capture`, :mod:`.track_camera`), latest-value slots
-(:mod:`.slots`), the engine and its pacing (:mod:`.engine`), outputs: preview window, virtual
-camera, recording (:mod:`.sinks`), WebRTC tracks, microphone and the signalling server
-(:mod:`.webrtc_tracks`, :mod:`.audio`, :mod:`.server`), ring buffers and streaming state of causal
-networks (:mod:`.ring_buffer`), inference backends (:mod:`.backends`), and ``avatar-engine doctor``
-(:mod:`.doctor`).
+Data flows one way through small modules:
+
+* cameras: capture threads and camera sources (:mod:`.capture`, :mod:`.track_camera`),
+  latest-value slots between threads (:mod:`.slots`);
+* a session: its options and report (:mod:`.session`), the processing threads and the neutral avatar
+  (:mod:`.processing`), the "look at the camera" neutral-pose step (:mod:`.neutral`), user
+  controls and hotkeys (:mod:`.controls`), output pacing and recording cadence (:mod:`.pacing`),
+  statistics (:mod:`.stats`), and :class:`~runtime.engine.LiveEngine` tying them together (:mod:`.engine`);
+* outputs, all one :class:`~runtime.sinks.FrameSink` interface (:mod:`.sinks`), made and opened
+  per session by :mod:`.outputs`: virtual camera (:mod:`.vcam`), recording (:mod:`.recorder`),
+  preview window with overlays (:mod:`.preview`, :mod:`.overlay`), WebRTC video (:mod:`.webrtc_tracks`);
+* WebRTC: microphone and delayed audio (:mod:`.audio`), the signalling server (:mod:`.server`),
+  and an offline loopback-only harness for tests and benchmarks (:mod:`.loopback`);
+* ``avatar-engine doctor`` (:mod:`.doctor`).
 """

@@ -104,8 +104,8 @@ class VirtualCameraSink(FrameSink):
         self.frames_sent += 1
 
     def close(self) -> None:
-        if self._cam is not None:
-            cam, self._cam = self._cam, None
+        cam, self._cam = self._cam, None
+        if cam is not None:
             cam.close()
 
     def describe(self) -> str:
