@@ -400,6 +400,7 @@ class ScriptedWindow:
         self.shown: list[np.ndarray] = []
         self.press_at, self.key = press_at, key
         self.opened = self.closed = False
+        self.closed_seen_at: int | None = None
 
     def open(self) -> None:
         self.opened = True
@@ -410,7 +411,10 @@ class ScriptedWindow:
 
     @property
     def closed_by_user(self) -> bool:
-        return self.key is None and len(self.shown) >= self.press_at
+        closed = self.key is None and len(self.shown) >= self.press_at
+        if closed and self.closed_seen_at is None:
+            self.closed_seen_at = len(self.shown)
+        return closed
 
     def close(self) -> None:
         self.closed = True
@@ -448,11 +452,14 @@ def test_every_output_goes_through_the_one_sink_interface(data_dir, tmp_path, re
         assert np.array_equal(got.reshape(256, 256, 3), want)
     # while the neutral pose is taken the preview shows the camera (512) with the guide; then the avatar (256 -> 480)
     assert sink.infos[0].taking_neutral and sink.infos[0].guide is not None and sink.infos[0].camera is not None
-    assert window.shown[0].shape == (512, 512, 3) and window.shown[-1].shape == (480, 480, 3)
+    first = compose_preview(sink.frames[0], sink.infos[0], "avatar", None)
+    assert first.shape == (512, 512, 3) and any(np.array_equal(first, shown) for shown in window.shown)
+    assert window.shown[-1].shape == (480, 480, 3)
     assert not sink.infos[-1].taking_neutral
-    # the last picture is the last frame the window got; after the user closed it, it is not shown again
-    last = -1 if key is not None else -2
-    assert np.array_equal(window.shown[-1], compose_preview(sink.frames[last], sink.infos[last], "avatar", None))
+    if key is not None:  # the key came with the last picture: the last frame sent
+        assert np.array_equal(window.shown[-1], compose_preview(sink.frames[-1], sink.infos[-1], "avatar", None))
+    else:  # once the user closed the window nothing is shown (showing would reopen it)
+        assert window.closed_seen_at == len(window.shown) == 40
 
 
 def test_the_neutral_avatar_goes_through_finish_with_super_resolution(data_dir, monkeypatch):
@@ -470,13 +477,14 @@ def test_the_neutral_avatar_goes_through_finish_with_super_resolution(data_dir, 
     monkeypatch.setattr(Reenactor, "finish", spy)
     sink = CollectSink()
     cfg = LiveConfig(source=data_dir / "images/val/P144/I045.jpg", camera=data_dir / CLIP_512, realtime=False,
-                     preview=False, virtual_camera=False, size=512, renderer="mesh", max_frames=4, sinks=[sink])
+                     preview=False, virtual_camera=False, size=512, renderer="mesh", max_frames=4, sinks=[sink],
+                     neutral=NeutralConfig(duration_s=30.0, timeout_s=60.0))
     LiveEngine(cfg).run()
 
     rendered, result = calls[0]  # the first finish of the session: the neutral avatar, before any camera frame
     assert rendered.driving is None and rendered.crop.shape == (256, 256, 3)
     assert "sr" in result.timings_ms and result.crop.shape == (512, 512, 3)
     assert len(calls) == 1 + 4
-    assert all(info.taking_neutral for info in sink.infos)  # 4 frames: the neutral pose is still being taken
+    assert all(info.taking_neutral for info in sink.infos)  # the neutral pose is still being taken
     assert all(frame is result.frame for frame in sink.frames)
     assert result.frame.shape == (1200, 1200, 3)  # pasted back into the photo, like the driven frames
