@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from avatar_engine.cli.args import add_avatar, add_camera, add_expression, add_neutral, add_source, reenact_from_args
 from avatar_engine.errors import AvatarError
+
+if TYPE_CHECKING:
+    from runtime.capture import CameraSource
+    from runtime.server import ServerConfig
 
 __all__ = ["add", "server_config"]
 
@@ -46,7 +51,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def server_config(args: argparse.Namespace, camera=None):
+def server_config(args: argparse.Namespace, camera: CameraSource | None = None) -> ServerConfig:
     """The :class:`~runtime.server.ServerConfig` of the parsed options; ``camera``: the opened local
     camera (None: remote driving only).
 
