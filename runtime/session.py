@@ -32,6 +32,7 @@ class LiveConfig:
             (False: as fast as frames are processed, nothing dropped, output unpaced).
         renderer: renderer name (``avatar_engine.renderers.RENDERER_NAMES``). size: face-crop side (256/512).
         device: torch device. threads: torch intra-op threads (None: torch's default).
+        backend: inference backend of the renderer and SR step (``avatar_engine.backends.BACKEND_CHOICES``).
         preview: show the preview window (skipped with a warning when there is no display).
         virtual_camera: send to a virtual camera. vcam: its size, mirror, backend, device.
         output: record the output to this video file. output_fps: rate of the virtual camera and recording.
@@ -56,6 +57,7 @@ class LiveConfig:
     size: int = 256
     device: str = "cpu"
     threads: int | None = None
+    backend: str = "auto"
     preview: bool = True
     virtual_camera: bool = True
     vcam: VirtualCameraConfig = field(default_factory=VirtualCameraConfig)

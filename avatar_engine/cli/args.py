@@ -11,11 +11,15 @@ from pathlib import Path
 from avatar_engine.config import DEFAULT_RENDERER
 from avatar_engine.errors import AvatarError
 
-__all__ = ["DEFAULT_RENDERER", "RENDERER_CHOICES", "add_source", "add_camera", "add_avatar", "add_expression",
+__all__ = ["DEFAULT_RENDERER", "RENDERER_CHOICES", "BACKEND_CHOICES", "add_source", "add_backend", "add_camera", "add_avatar", "add_expression",
            "add_neutral", "set_threads", "reenact_from_args", "size_arg"]
 
 RENDERER_CHOICES = ("mesh", "neural", "source")
 """Names of :func:`avatar_engine.renderers.create_renderer` offered on the command line."""
+
+BACKEND_CHOICES = ("auto", "eager", "compile", "onnxruntime", "openvino", "tensorrt")
+"""``avatar_engine.backends.BACKEND_CHOICES``, spelled out so that ``--help`` does not import torch (a test
+checks that the two agree)."""
 
 THREADS_HELP = ("torch CPU threads (default: %(default)s; one is fastest on small CPUs, where extra threads fight "
                 "mediapipe and the other stages for the cores)")
@@ -40,12 +44,20 @@ def add_camera(g: argparse._ActionsContainer, default: str | None = "0", realtim
                        help="play a video file as fast as it is processed (benchmarks, tests); output is unpaced")
 
 
+def add_backend(g: argparse._ActionsContainer) -> None:
+    """``--backend``: the inference backend of the networks (see ``avatar_engine.backends``)."""
+    g.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="inference backend of the neural renderer and the 512 SR step (default: %(default)s: the "
+                        "fastest that loads here, measured once and remembered; `avatar-engine doctor` lists them)")
+
+
 def add_avatar(g: argparse._ActionsContainer, what: str = "output") -> None:
-    """Renderer options: ``--renderer --size --device --threads --no-paste-back``."""
+    """Renderer options: ``--renderer --size --device --backend --threads --no-paste-back``."""
     g.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERER_CHOICES,
                    help="renderer (default: %(default)s: the shipped trained model; mesh: the geometric warp)")
     g.add_argument("--size", type=int, default=256, choices=(256, 512), help="face-crop resolution (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    add_backend(g)
     g.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help=f"{what} the face crop only, not the whole photo")

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from avatar_engine.cli.args import add_backend
+
 __all__ = ["add"]
 
 
@@ -27,6 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", nargs="+", default=None, metavar="ID", help="only these clip ids")
     p.add_argument("--images", nargs="+", default=None, metavar="ID", help="only these cross-reenactment photo ids")
     p.add_argument("--device", default="cpu", help="torch device of the renderers")
+    add_backend(p)
     p.set_defaults(run=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, split=args.split, renderers=tuple(args.renderer), size=args.size,
         max_frames_per_clip=args.max_frames_per_clip, identity_every=args.identity_every, cross=args.cross,
         cross_drivers=args.cross_drivers, clip_ids=None if args.clips is None else tuple(args.clips),
-        image_ids=None if args.images is None else tuple(args.images), device=args.device,
+        image_ids=None if args.images is None else tuple(args.images), device=args.device, backend=args.backend,
         progress=sys.stderr.isatty()))
     paths = write_report(result, args.output)
     print("\n".join(summary_lines(result)))

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     report = render_video(RenderJobConfig(
         source=args.source, driving=args.driving, output=args.output, renderer=args.renderer, size=args.size,
-        device=args.device, audio=args.audio, max_frames=args.max_frames, progress=sys.stderr.isatty(),
+        device=args.device, backend=args.backend, audio=args.audio, max_frames=args.max_frames, progress=sys.stderr.isatty(),
         reenact=reenact_from_args(args)))
     audio = "with audio" if report.has_audio else "no audio"
     print(f"wrote {report.output}: {report.frames} frames, {report.width}x{report.height} @ {report.fps:.2f} fps, "

@@ -67,7 +67,8 @@ def server_config(args: argparse.Namespace, camera: CameraSource | None = None) 
     try:
         live = LiveConfig(
             source=args.source, camera=0 if camera is None else camera, renderer=args.renderer, size=args.size,
-            device=args.device, threads=args.threads, preview=False, virtual_camera=args.virtual_camera,
+            device=args.device, backend=args.backend, threads=args.threads, preview=False,
+            virtual_camera=args.virtual_camera,
             neutral_pose=args.neutral_pose, reenact=reenact_from_args(args), handle_signals=False)
         return ServerConfig(
             live=live, local=camera is not None, host=args.host, port=args.port, token=args.token,

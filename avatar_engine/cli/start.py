@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                                backend=args.vcam_backend, device=args.vcam_device)
     config = LiveConfig(
         source=args.source, camera=camera, renderer=args.renderer, size=args.size,
-        device=args.device, threads=args.threads, preview=args.preview,
+        device=args.device, backend=args.backend, threads=args.threads, preview=args.preview,
         virtual_camera=args.virtual_camera, vcam=vcam, output=args.output, output_fps=args.output_fps,
         neutral_pose=args.neutral_pose, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
         reenact=reenact_from_args(args))

@@ -113,6 +113,7 @@ class EvalConfig:
         clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
         region_margin: growth of the mouth / eye masks, in inter-ocular distances.
         device: torch device of the renderers.
+        backend: their inference backend (``avatar_engine.backends.BACKEND_CHOICES``).
         sheet_frames: columns (frames) per row of the contact sheet.
         sheet_thumb: side of a contact-sheet thumbnail in pixels.
         progress: show a progress bar (stderr).
@@ -130,6 +131,7 @@ class EvalConfig:
     image_ids: tuple[str, ...] | None = None
     region_margin: float = 0.1
     device: str = "cpu"
+    backend: str = "eager"
     sheet_frames: int = 6
     sheet_thumb: int = 96
     progress: bool = False
@@ -254,7 +256,8 @@ class _Evaluator:
         self.config = config
         self.detector = stack.enter_context(LandmarkDetector(LandmarkConfig(), static=True))
         self.identity = IdentityEncoder(IdentityConfig())
-        self.renderers: dict[str, Renderer] = {n: create_renderer(n, config.device) for n in config.renderers}
+        self.renderers: dict[str, Renderer] = {n: create_renderer(n, config.device, backend=config.backend)
+                                                 for n in config.renderers}
         self._source_ids: dict[str, np.ndarray | None] = {}
 
     def _reenactors(self, stack: contextlib.ExitStack, source: SourceFace) -> dict[str, Reenactor]:

@@ -104,11 +104,16 @@ PIXEL_CENTER = 0.5
 
 @torch.no_grad()
 def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
-               height: int, width: int, line_width: float, antialias: bool) -> torch.Tensor:
+               height: int, width: int, line_width: float, antialias: bool,
+               fixed_shape: bool = False) -> torch.Tensor:
     """Core rasterizer (see module docstring).
 
     points: ``(B, N, 2|3)`` float pixel coordinates (z ignored), N >= 478; edges: ``(E, 2) int64``
     indices into N; colors: ``(E, 3) float32`` in [0, 1]. Returns ``(B, 3, H, W) float32`` in [0, 1].
+    fixed_shape: every segment gets ``max(H, W)`` steps (the unused ones draw nothing) and no check
+    reads tensor values, so every intermediate shape depends on the input shapes only: the form that
+    graph exporters (ONNX, ``torch.export``) can trace. Same image; non-finite points are the caller's
+    to reject.
     """
     if points.dim() != 3 or points.shape[-1] not in (2, 3) or not points.is_floating_point():
         raise ValueError(f"points must be a float tensor (B, N, 2|3), got {points.dtype} "
@@ -118,11 +123,11 @@ def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
                          f"got {points.shape[1]}")
     device = points.device
     batch, num_edges, pixels = points.shape[0], edges.shape[0], height * width
-    out = _zeros(batch * 3 * pixels, device)
+    out = torch.zeros(batch * 3 * pixels, device=device) if fixed_shape else _zeros(batch * 3 * pixels, device)
     if batch == 0 or num_edges == 0:
         return out.view(batch, 3, height, width)
     pts = points[..., :2].to(torch.float32) - PIXEL_CENTER  # corner origin -> pixel-centre origin
-    if not bool(torch.isfinite(pts).all()):
+    if not fixed_shape and not bool(torch.isfinite(pts).all()):
         raise ValueError("points contain NaN or infinite coordinates")
 
     if antialias:
@@ -153,7 +158,8 @@ def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
     proper = dq[:, 0].abs() >= _MIN_LENGTH
     inv_da = torch.where(proper, 1.0 / torch.where(proper, dq[:, 0], 1.0), 0.0)
     inv_len2 = torch.where(proper, 1.0 / (dq * dq).sum(1).clamp(min=_MIN_LENGTH ** 2), 0.0)
-    first = torch.cumsum(steps, 0) - steps
+    slots = torch.full_like(steps, max(height, width)) if fixed_shape else steps  # list entries per segment
+    first = torch.cumsum(slots, 0) - slots
     fparams = torch.stack([q0[:, 0], q0[:, 1], dq[:, 0], dq[:, 1], inv_da, inv_len2,
                            minor_size - 1.0], 1)  # (S, 7)
     seg_ids = torch.arange(steps.shape[0], device=device)
@@ -163,10 +169,11 @@ def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
                            width + 1 - stride_major, image_of_seg * pixels], 1)  # (S, 5)
 
     # --- per step (M): one flat list over all segments, no padding ---------------------------
-    seg = torch.repeat_interleave(seg_ids, steps)  # (M,)
+    seg = seg_ids.repeat_interleave(max(height, width)) if fixed_shape else torch.repeat_interleave(seg_ids, steps)
     a0, b0, da, db, inv_da, inv_len2, minor_max = fparams[seg].unbind(1)
     major_offset, edge, stride_a, stride_b, image_offset = iparams[seg].unbind(1)
     major_i = torch.arange(seg.shape[0], device=device) + major_offset  # integer major coordinate
+    used = (major_i - lo.long()[seg] < steps[seg]).unsqueeze(1) if fixed_shape else True
     ra = major_i.to(torch.float32) - a0  # (M,)
     centre = b0 + (ra * inv_da).clamp(0.0, 1.0) * db  # minor centre of the line (capped ends)
     offsets = torch.arange(across, device=device, dtype=torch.float32)
@@ -181,7 +188,7 @@ def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
         coverage = (radius - dist).clamp(0.0, 1.0)
     else:
         coverage = (dist <= half).to(torch.float32)
-    inside = (minor >= 0) & (minor <= minor_max.unsqueeze(1))
+    inside = (minor >= 0) & (minor <= minor_max.unsqueeze(1)) & used
     level = (coverage * _KEY_COVERAGE_LEVELS + 0.5).to(torch.int32) * inside  # 0 = no ink
     key = torch.where(level > 0, (level << _KEY_EDGE_BITS) | edge.to(torch.int32).unsqueeze(1), 0)
     pixel = (major_i * stride_a + image_offset).unsqueeze(1) + minor.long().clamp(min=0) * \
@@ -191,8 +198,11 @@ def _rasterize(points: torch.Tensor, edges: torch.Tensor, colors: torch.Tensor,
     # --- composite: per pixel, the edge with the highest coverage wins -----------------------
     # Only the candidates' pixels of the key buffer are ever read: zero just those.
     flat_pixel, flat_key = pixel.reshape(-1), key.reshape(-1)
-    best = torch.empty(batch * pixels, dtype=torch.int32, device=device)
-    best.index_fill_(0, flat_pixel, 0)
+    if fixed_shape:
+        best = torch.zeros(batch * pixels, dtype=torch.int32, device=device)
+    else:
+        best = torch.empty(batch * pixels, dtype=torch.int32, device=device)
+        best.index_fill_(0, flat_pixel, 0)
     best.scatter_reduce_(0, flat_pixel, flat_key, reduce="amax")
     won = torch.where(best[pixel] == key, level, 0).to(torch.float32) / _KEY_COVERAGE_LEVELS
     values = won.unsqueeze(2) * colors[edge].unsqueeze(1)  # (M, K, 3)
@@ -206,7 +216,7 @@ class ConnectivityRasterizer(torch.nn.Module):
     """Connectivity images of a fixed size, with the edge table held as buffers.
 
     size: ``S`` or ``(H, W)``; config: :class:`RasterConfig`; device: where the buffers live
-    (inputs must be on the same device).
+    (inputs must be on the same device); fixed_shape: the exportable form (see ``_rasterize``).
     forward(points ``(B, N, 2|3)`` float pixel coordinates of the ``H x W`` image, N >= 478,
     z ignored) -> ``(B, 3, H, W) float32`` in [0, 1]: colour-coded lines on black.
     """
@@ -215,9 +225,10 @@ class ConnectivityRasterizer(torch.nn.Module):
     colors: torch.Tensor
 
     def __init__(self, size: int | tuple[int, int], config: RasterConfig | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, fixed_shape: bool = False) -> None:
         super().__init__()
         self.config = config if config is not None else RasterConfig()
+        self.fixed_shape = fixed_shape
         self.height, self.width = _hw(size)
         self.line_width = self.config.width_for_size((self.height, self.width))
         edges, colors = _edge_tensors(device)
@@ -226,7 +237,7 @@ class ConnectivityRasterizer(torch.nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return _rasterize(points, self.edges, self.colors, self.height, self.width,
-                          self.line_width, self.config.antialias)
+                          self.line_width, self.config.antialias, self.fixed_shape)
 
     def extra_repr(self) -> str:
         return (f"size=({self.height}, {self.width}), line_width={self.line_width:g}, "

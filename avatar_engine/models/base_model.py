@@ -120,10 +120,11 @@ class NeuralAvatar(nn.Module):
         self.lines = ConnectivityRasterizer(cfg.flow_size, RasterConfig(line_width=cfg.line_width,
                                                                         scale_with_size=False))
 
-    def _lines(self, points: torch.Tensor) -> torch.Tensor:
-        """``(B, 478, 2|3)`` crop px -> ``(B, 3, R, R)`` connectivity image in ``[-1, 1]``."""
+    def _lines(self, points: torch.Tensor, rasterizer: ConnectivityRasterizer | None = None) -> torch.Tensor:
+        """``(B, 478, 2|3)`` crop px -> ``(B, 3, R, R)`` connectivity image in ``[-1, 1]``, drawn by
+        ``rasterizer`` (default: the model's own)."""
         scale = self.config.flow_size / self.config.size
-        return self.lines(points[..., :2].float() * scale) * 2.0 - 1.0
+        return (rasterizer or self.lines)(points[..., :2].float() * scale) * 2.0 - 1.0
 
     def encode_source(self, source: torch.Tensor, source_points: torch.Tensor, z_id: torch.Tensor) -> NeuralSourceCache:
         """Source-only work.
@@ -149,8 +150,14 @@ class NeuralAvatar(nn.Module):
             mesh_grid: ``(B, S, S, 2)`` the mesh warp's grid for these targets.
             refine: False skips the refinement network (``image`` is then ``warped``; training's warp stage).
         """
+        return self.render_lines(cache, self._lines(target_points), mesh_grid, refine)
+
+    def render_lines(self, cache: NeuralSourceCache, target_lines: torch.Tensor, mesh_grid: torch.Tensor,
+                     refine: bool = True) -> NeuralOutput:
+        """:meth:`forward` from the target connectivity image ``(B, 3, R, R)`` in ``[-1, 1]`` (what
+        :meth:`_lines` draws) instead of the target points: the form the per-frame graph
+        (:mod:`avatar_engine.models.frame_graph`) exports, with its own exportable rasterizer."""
         r = self.config.flow_size
-        target_lines = self._lines(target_points)
         mesh_flow = grid_to_flow(downsample_grid(mesh_grid, r)) * (1.0 / r)
         w = self.warp_net(cache.warp, target_lines, mesh_flow)
         grid = apply_residual(mesh_grid, w.residual)

@@ -113,7 +113,8 @@ class Reenactor:
         self.super_resolver: SuperResolver | None = None
         self.render_source = source  # what the renderer animates: the 256 version under super-resolution
         if self.config.super_resolution is not None and source.size == 512:
-            self.super_resolver = SuperResolver(config=self.config.super_resolution, device=renderer.device)
+            self.super_resolver = SuperResolver(config=self.config.super_resolution, device=renderer.device,
+                                                backend=renderer.backend)
             self.render_source = downscale_source(source, self.super_resolver.input_size)
         self.detector = LandmarkDetector(self.config.landmarks, static=False)
         self.retargeter = MotionRetargeter(self.render_source.landmarks, self.config.retarget)

@@ -27,7 +27,7 @@ class RenderJobConfig:
         source: the portrait photo. driving: the driving video. output: the mp4 to write.
         renderer: renderer name (see ``avatar_engine.renderers.RENDERER_NAMES``).
         size: face-crop side the renderer works at (256 or 512).
-        device: torch device. audio: mux the driving clip's audio. max_frames: stop early.
+        device: torch device. backend: inference backend (``avatar_engine.backends.BACKEND_CHOICES``). audio: mux the driving clip's audio. max_frames: stop early.
         progress: show a progress bar.
     """
 
@@ -37,6 +37,7 @@ class RenderJobConfig:
     renderer: str = DEFAULT_RENDERER
     size: int = 256
     device: str = "cpu"
+    backend: str = "eager"
     audio: bool = True
     max_frames: int | None = None
     progress: bool = True
@@ -67,7 +68,7 @@ def render_video(cfg: RenderJobConfig) -> RenderReport:
     start = time.perf_counter()
     info = probe_video(cfg.driving)
     source = prepare_source(cfg.source, SourceConfig(size=cfg.size))
-    renderer = create_renderer(cfg.renderer, cfg.device)
+    renderer = create_renderer(cfg.renderer, cfg.device, backend=cfg.backend)
     total = info.frames if cfg.max_frames is None else min(info.frames, cfg.max_frames)
     out_h, out_w = source.image.shape[:2] if cfg.reenact.paste_back else (cfg.size, cfg.size)
     audio_from = cfg.driving if (cfg.audio and info.has_audio) else None

@@ -6,6 +6,10 @@ rendered 256 crop and it returns the 512 crop for that frame, using that frame a
 it only (no added latency). It resets itself when the source changes (``key``), and the caller
 resets it when the face is lost.
 
+In ``stream`` mode the step runs as one graph with its state as explicit inputs and outputs
+(:class:`~avatar_engine.models.frame_graph.SRStepGraph`) through an inference backend
+(:mod:`avatar_engine.backends`; ``backend``, by default ``config.backend``).
+
 ``mode="window"`` keeps a ring buffer of the last ``T`` input frames and recomputes the newest output
 from the whole window each frame: the same output (see ``tests/test_sr.py``), more compute; it is
 the reference the streaming benchmark compares against.
@@ -24,9 +28,10 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_engine.models.streaming import RingBuffer
-
+from avatar_engine.backends import BackendChoice, BackendOptions, GraphSpec, Runner, accelerate, check_backend
 from avatar_engine.errors import WeightsError
+from avatar_engine.models.frame_graph import SRStepGraph
+from avatar_engine.models.streaming import RingBuffer
 from avatar_engine.models.weights import WEIGHTS_DIR
 from avatar_engine.io.image import image_to_tensor, tensor_to_image
 from avatar_engine.face.source import SourceFace
@@ -47,15 +52,19 @@ class SuperResolutionConfig:
         weights: safetensors file (default: the shipped light model).
         mode: ``"stream"`` (one time slice per frame) or ``"window"`` (recompute the last T frames).
         device: torch device; None = the device the caller passes (the renderer's), else the CPU.
+        backend: inference backend of the streaming step (:data:`avatar_engine.backends.BACKEND_CHOICES`)
+            when the caller passes none (the pipeline passes its renderer's).
     """
 
     weights: Path | None = None
     mode: str = "stream"
     device: str | None = None
+    backend: str = "eager"
 
     def __post_init__(self) -> None:
         if self.mode not in ("stream", "window"):
             raise ValueError(f"mode must be 'stream' or 'window', got {self.mode!r}")
+        check_backend(self.backend)
 
 
 def save_sr_weights(net: SRNet, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
@@ -116,16 +125,37 @@ class SuperResolver:
         net: the network (see :func:`load_sr_net`); None loads ``config.weights``.
         config: stage options.
         device: where to run when ``config.device`` is None (default: the CPU).
+        backend: inference backend of the streaming step (None: ``config.backend``).
+        backend_options: its options.
+    Attributes:
+        backend_choice: what the backend request resolved to (None in window mode).
     """
 
     def __init__(self, net: SRNet | None = None, config: SuperResolutionConfig | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, backend: str | None = None,
+                 backend_options: BackendOptions | None = None):
         self.config = config or SuperResolutionConfig()
         self.device = torch.device(self.config.device or device or "cpu")
         self.net = (net if net is not None else load_sr_net(self.config.weights, self.device)).to(self.device).eval()
         self.state = self.net.new_state()
         self.window = RingBuffer(self.net.frames)
         self._key: str | None = None
+        self.backend_choice: BackendChoice | None = None
+        self._step: Runner | None = None
+        self._past: tuple[torch.Tensor, ...] = ()
+        if self.config.mode == "stream":
+            check_backend(backend or self.config.backend)
+            self._step = self._load_step(backend or self.config.backend, backend_options)
+
+    def _load_step(self, backend: str, options: BackendOptions | None) -> Runner:
+        graph = SRStepGraph(self.net).eval()
+        s = self.input_size
+        frame = torch.zeros(1, 3, s, s, device=self.device)
+        self._past = graph.zero_state(frame)
+        example = (frame, torch.ones(1, dtype=torch.bool, device=self.device), *self._past)
+        spec = GraphSpec(f"sr{s}", graph, example, graph.input_names, graph.output_names)
+        runner, self.backend_choice = accelerate(spec, backend, options)
+        return runner
 
     @property
     def input_size(self) -> int:
@@ -148,8 +178,10 @@ class SuperResolver:
     def upscale_tensor(self, frame: torch.Tensor) -> torch.Tensor:
         """``(1, 3, S, S)`` float in ``[0, 1]`` on the device -> ``(1, 3, 2S, 2S)`` (not clamped)."""
         with torch.inference_mode():
-            if self.config.mode == "stream":
-                out = self.net.step(frame, self.state)
+            if self._step is not None:
+                fresh = torch.full((1,), self.state.steps == 0, dtype=torch.bool, device=self.device)
+                out, *past = self._step(frame, fresh, *self._past)
+                self._past = tuple(past)
             else:
                 self.window.push(frame)
                 clip = self.window.ordered().permute(1, 2, 0, 3, 4)  # (1, 3, n, S, S)

@@ -7,7 +7,9 @@ Implementations, one module each:
 * ``neural`` (:mod:`.neural`): the trained warping + refinement model; falls back to ``mesh`` with a
   warning when its weights are missing or corrupt.
 
-``create_renderer(name)`` builds one by name; ``RENDERER_NAMES`` lists the names. The interface is
+``create_renderer(name, device, backend=...)`` builds one by name; ``RENDERER_NAMES`` lists the names.
+``backend`` (:mod:`avatar_engine.backends`) runs the neural renderer's per-frame graph, and the
+stages after any renderer (the SR step at 512) follow it (``Renderer.backend``). The interface is
 :class:`~avatar_engine.renderers.base.Renderer`; no renderer module imports this registry.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from avatar_engine.backends import check_backend
 from avatar_engine.config import DEFAULT_RENDERER
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.renderers.mesh import MeshRenderer
@@ -34,10 +37,15 @@ _RENDERERS: dict[str, Callable[..., Renderer]] = {"source": SourceRenderer, "mes
 RENDERER_NAMES: tuple[str, ...] = tuple(_RENDERERS)
 
 
-def create_renderer(name: str, device: torch.device | str = "cpu", **kwargs: Any) -> Renderer:
-    """Build a renderer by name (one of :data:`RENDERER_NAMES`)."""
+def create_renderer(name: str, device: torch.device | str = "cpu", *, backend: str = "eager",
+                    **kwargs: Any) -> Renderer:
+    """Build a renderer by name (one of :data:`RENDERER_NAMES`) with an inference backend
+    (:data:`avatar_engine.backends.BACKEND_CHOICES`; ``auto``: the fastest here)."""
     try:
         cls = _RENDERERS[name]
     except KeyError:
         raise ValueError(f"unknown renderer {name!r}; choose from {', '.join(RENDERER_NAMES)}") from None
-    return cls(device, **kwargs)
+    check_backend(backend)
+    renderer = cls(device, backend=backend, **kwargs) if name == "neural" else cls(device, **kwargs)
+    renderer.backend = backend
+    return renderer

@@ -28,6 +28,8 @@ class Renderer(ABC):
     """
 
     name: str = ""
+    backend: str = "eager"
+    """Inference backend requested for this renderer's graph and the stages after it (the SR step)."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)

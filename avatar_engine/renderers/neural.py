@@ -2,8 +2,10 @@
 
 Per source (cached under ``source.key``): the mesh warp of the source (the geometric prior), the
 identity embedding z_id (dlib descriptor of the source crop, :mod:`avatar_engine.face.identity`) and both
-networks' source encoders. Per frame: the mesh grid for the target landmarks, the residual flow,
-the warp and the refinement.
+networks' source encoders. Per frame: the mesh grid for the target landmarks (PyTorch), then one graph
+(:class:`~avatar_engine.models.frame_graph.NeuralFrameGraph`: connectivity lines, residual flow,
+warp, refinement) run by the inference backend (``backend``, :mod:`avatar_engine.backends`), loaded
+once: the per-source tensors are its inputs, so a new source needs no new graph.
 
 The model renders at its own crop size (256 for the shipped weights); sources prepared at another
 size (512) are rendered at the model size and resized.
@@ -20,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from avatar_engine.backends import BackendChoice, BackendOptions, GraphSpec, Runner, accelerate, check_backend
 from avatar_engine.errors import WeightsError
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, NeuralSourceCache, load_model
 from avatar_engine.io.image import image_to_tensor, tensor_to_image
@@ -27,6 +30,7 @@ from avatar_engine.renderers.base import Renderer
 from avatar_engine.renderers.mesh import MeshRenderer
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.mesh_warp import MeshWarp
+from avatar_engine.models.frame_graph import NeuralFrameGraph
 
 __all__ = ["NeuralRenderer", "create_neural_renderer"]
 
@@ -40,15 +44,26 @@ class NeuralRenderer(Renderer):
         device: torch device.
         weights: safetensors file (default: the shipped lite model).
         model: an already built model (overrides ``weights``; tests, training previews).
+        backend: inference backend of the per-frame graph (:data:`avatar_engine.backends.BACKEND_CHOICES`).
+        backend_options: its options (cache folder, threads, GPU precision).
+    Attributes:
+        backend_choice: what the backend request resolved to (None until the first source is prepared).
     Raises:
         WeightsError: the weight file is missing, corrupt or does not fit.
+        ValueError: unknown backend.
     """
 
     name = "neural"
 
     def __init__(self, device: torch.device | str = "cpu", weights: str | Path | None = None,
-                 model: NeuralAvatar | None = None):
+                 model: NeuralAvatar | None = None, backend: str = "eager",
+                 backend_options: BackendOptions | None = None):
         super().__init__(device)
+        check_backend(backend)
+        self.backend, self.backend_options = backend, backend_options
+        self.backend_choice: BackendChoice | None = None
+        self._graph: Runner | None = None
+        self._source_inputs: tuple[torch.Tensor, ...] = ()
         self.model = (model.to(self.device).eval() if model is not None
                       else load_model(weights or DEFAULT_WEIGHTS, self.device))
         if self.device.type == "cpu":
@@ -86,12 +101,31 @@ class NeuralRenderer(Renderer):
         with torch.inference_mode():
             self._cache = self.model.encode_source(image_to_tensor(crop, self.device),
                                                    torch.from_numpy(pts).to(self.device)[None], z)
+        self._source_inputs = NeuralFrameGraph.source_inputs(self._cache)
+        if self._graph is None:
+            self._graph = self._load_graph(self._points(pts))
+
+    def _points(self, pts: np.ndarray) -> torch.Tensor:
+        """``(478, 2|3)`` model-size crop px -> the graph's ``(1, 478, 3)`` float32 input (z = 0 if absent)."""
+        if pts.shape[1] == 2:
+            pts = np.concatenate([pts, np.zeros((len(pts), 1), np.float32)], 1)
+        return torch.from_numpy(np.ascontiguousarray(pts, np.float32)).to(self.device)[None]
+
+    def _load_graph(self, points: torch.Tensor) -> Runner:
+        """The per-frame graph through the backend, with this source's tensors as example inputs."""
+        assert self._mesh is not None and self._cache is not None
+        graph = NeuralFrameGraph(self.model).eval()
+        with torch.inference_mode():
+            example = graph.example_inputs(self._cache, points, self._mesh.grid(points))
+        spec = GraphSpec(f"neural{self.model.config.size}", graph, example, graph.input_names, graph.output_names)
+        runner, self.backend_choice = accelerate(spec, self.backend, self.backend_options)
+        return runner
 
     def _render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
-        assert self._mesh is not None and self._cache is not None
-        pts = torch.from_numpy(target * self._scale).to(self.device)[None]
-        out = self.model(self._cache, pts, self._mesh.grid(pts))
-        image = tensor_to_image((out.image + 1.0) * 0.5)
+        assert self._mesh is not None and self._graph is not None
+        pts = self._points(target * self._scale)
+        (out,) = self._graph(pts, self._mesh.grid(pts).contiguous(), *self._source_inputs)
+        image = tensor_to_image(out)
         if image.shape[0] != source.size:
             image = cv2.resize(image, (source.size, source.size), interpolation=cv2.INTER_LINEAR)
         return image

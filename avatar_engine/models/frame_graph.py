@@ -1,0 +1,147 @@
+"""Per-frame work as single graphs with explicit inputs, for the inference backends (:mod:`avatar_engine.backends`).
+
+:class:`NeuralFrameGraph`: one frame of the neural renderer. Inputs (S = model crop side, R = flow
+resolution, ``c``/``c_mid``/``c_low`` the networks' widths):
+
+    target_points (1, 478, 3)  target landmarks in crop px at S
+    mesh_grid     (1, S, S, 2) the mesh warp's grid for them (MeshWarp.grid, see below)
+    source        (1, 3, S, S) the source in [-1, 1]            \\
+    warp0, warp1, warp2        warping-net source features      |  per source
+    refine_mid, refine_low     refinement-net source features   |  (NeuralSourceCache, see
+    id_code       (1, D)       identity code                    /   :meth:`source_inputs`)
+
+and in the graph: connectivity rasterization of the target (the exportable fixed-shape form of
+:class:`~avatar_engine.geometry.rasterizer.ConnectivityRasterizer`), warping network, flow to grid,
+``grid_sample`` of the source, refinement network. Output ``(1, 3, S, S)`` in ``[0, 1]`` (clamped).
+
+The mesh grid is an input, not part of the graph: the mesh warp's scanline rasterizer
+(:class:`~avatar_engine.geometry.mesh_warp.MeshWarp`) expands each triangle into a number of rows and
+pixels known only from the data, and its triangle list is built per source, so it has no fixed-shape
+form; it runs in PyTorch before the graph (about 2 ms at 256 on one CPU core).
+
+:class:`SRStepGraph`: one streaming step of the temporal SR network (:meth:`SRNet.step`) with its
+state as explicit inputs and outputs. Inputs ``frame (1, 3, S, S)`` in ``[0, 1]``, ``fresh`` (a bool
+tensor of shape ``(1,)``: the first frame of a stream, its past is itself), then one ``past`` tensor
+``(kt - 1, 1, C, H, W)`` (oldest first) per temporal convolution; outputs the ``(1, 3, 2S, 2S)``
+frame (not clamped) and the updated pasts, in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from avatar_engine.geometry.rasterizer import ConnectivityRasterizer
+from avatar_engine.models.base_model import NeuralAvatar, NeuralSourceCache
+from avatar_engine.models.refine_net import RefineSourceCache
+from avatar_engine.models.sr_net import SRNet
+from avatar_engine.models.warp_net import WarpSourceCache
+
+__all__ = ["NeuralFrameGraph", "SRStepGraph", "StepState"]
+
+
+class NeuralFrameGraph(nn.Module):
+    """One neural-renderer frame as one graph (see the module docstring).
+
+    Args:
+        model: the trained :class:`NeuralAvatar` (shared, not copied).
+    """
+
+    input_names = ("target_points", "mesh_grid", "source", "warp0", "warp1", "warp2",
+                   "refine_mid", "refine_low", "id_code")
+    output_names = ("image",)
+
+    def __init__(self, model: NeuralAvatar):
+        super().__init__()
+        self.model = model
+        self.lines = ConnectivityRasterizer(model.config.flow_size, model.lines.config,
+                                            device=model.lines.edges.device, fixed_shape=True)
+
+    @staticmethod
+    def source_inputs(cache: NeuralSourceCache) -> tuple[torch.Tensor, ...]:
+        """The per-source inputs (``source`` .. ``id_code``) of a source cache of batch 1."""
+        return (cache.image, *cache.warp.features, cache.refine.mid, cache.refine.low, cache.refine.z)
+
+    def example_inputs(self, cache: NeuralSourceCache, target_points: torch.Tensor,
+                       mesh_grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All inputs in order, contiguous (what the exporters and runtimes want)."""
+        return tuple(t.contiguous() for t in (target_points.float(), mesh_grid, *self.source_inputs(cache)))
+
+    def forward(self, target_points: torch.Tensor, mesh_grid: torch.Tensor, source: torch.Tensor,
+                warp0: torch.Tensor, warp1: torch.Tensor, warp2: torch.Tensor, refine_mid: torch.Tensor,
+                refine_low: torch.Tensor, id_code: torch.Tensor) -> torch.Tensor:
+        cache = NeuralSourceCache(source, WarpSourceCache([warp0, warp1, warp2]),
+                                  RefineSourceCache(refine_mid, refine_low, id_code))
+        lines = self.model._lines(torch.nan_to_num(target_points), self.lines)
+        out = self.model.render_lines(cache, lines, mesh_grid)
+        return ((out.image + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+class _TensorPast:
+    """The ring-buffer interface :meth:`CausalConv3d.step` uses, over an explicit past tensor.
+
+    ``past (kt - 1, B, C, H, W)`` oldest first; ``fresh (1,)`` bool: when set, the past is the
+    current slice repeated (what a fresh :class:`RingBuffer` does with ``fill``). After the step,
+    :attr:`new_past` holds the past of the next frame.
+    """
+
+    def __init__(self, past: torch.Tensor, fresh: torch.Tensor):
+        self.past, self.fresh = past, fresh
+        self.capacity = past.shape[0]
+        self.current: torch.Tensor | None = None
+        self.new_past: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0  # CausalConv3d.step then calls fill(x) with the current slice
+
+    def fill(self, x: torch.Tensor) -> None:
+        self.current = x
+
+    def ordered(self) -> torch.Tensor:
+        assert self.current is not None
+        repeated = self.current.unsqueeze(0).expand(self.capacity, *self.current.shape)
+        return torch.where(self.fresh.view(1, 1, 1, 1, 1), repeated, self.past)
+
+    def push(self, x: torch.Tensor) -> None:
+        self.new_past = torch.cat((self.ordered()[1:], x.unsqueeze(0)), 0)
+
+
+@dataclass
+class StepState:
+    """What :meth:`SRNet.step` reads: ``caches`` in network order (None for layers without a past)."""
+
+    caches: list[_TensorPast | None]
+
+
+class SRStepGraph(nn.Module):
+    """One streaming SR step as one graph (see the module docstring).
+
+    Args:
+        net: the trained :class:`SRNet` (shared, not copied).
+    """
+
+    def __init__(self, net: SRNet):
+        super().__init__()
+        self.net = net
+        self.temporal = [i for i, conv in enumerate(net.convs) if conv.kt > 1]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return ("frame", "fresh", *(f"past{i}" for i in self.temporal))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("image", *(f"new_past{i}" for i in self.temporal))
+
+    def zero_state(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Pasts of the right shapes for ``frame (1, 3, S, S)`` (contents unused while ``fresh``)."""
+        state = self.net.new_state()
+        with torch.inference_mode():
+            self.net.step(frame, state)
+        return tuple(torch.zeros_like(state.caches[i].storage) for i in self.temporal)
+
+    def forward(self, frame: torch.Tensor, fresh: torch.Tensor, *pasts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        views = {i: _TensorPast(p, fresh) for i, p in zip(self.temporal, pasts)}
+        out = self.net.step(frame, StepState([views.get(i) for i in range(len(self.net.convs))]))
+        return (out, *(views[i].new_past for i in self.temporal))
