@@ -1,8 +1,9 @@
 """``avatar-engine doctor``: is this machine ready for a live session, and if not, what to do.
 
 Checks Python, torch, mediapipe (a face-mesh graph is built), OpenCV, the display (preview window),
-the cameras, the GPU, and whether a virtual camera backend opens; then prints the setup steps of the
-virtual camera for this OS (v4l2loopback on Linux, OBS Virtual Camera on Windows/macOS).
+the cameras, the GPU, whether a virtual camera backend opens, and which inference backends load, with
+their milliseconds per frame of the neural renderer's graph (:func:`check_backends`); then prints the
+setup steps of the virtual camera for this OS (v4l2loopback on Linux, OBS Virtual Camera on Windows/macOS).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from runtime.capture import list_cameras
 from runtime.preview import display_available
 from runtime.vcam import MODPROBE_LINE
 
-__all__ = ["Check", "run_checks", "setup_instructions", "format_report"]
+__all__ = ["Check", "run_checks", "check_backends", "setup_instructions", "format_report"]
 
 _LINUX_OPTIONS = 'options v4l2loopback devices=1 video_nr=10 card_label="Avatar Cam" exclusive_caps=1'
 
@@ -122,11 +123,57 @@ def _check_virtual_camera() -> Check:
     return Check("virtual camera", "ok", f"pyvirtualcam {pyvirtualcam.__version__}: {backend} -> {device}")
 
 
-def run_checks() -> list[Check]:
-    """Run every check (a second or two: builds a face-mesh graph, opens the virtual camera briefly)."""
+def check_backends(device: str = "cpu", threads: int = 1, runs: int = 5) -> list[Check]:
+    """One line per inference backend: whether it loads on ``device`` and its milliseconds per frame of the
+    neural renderer's graph (shipped weights, made-up inputs, ``threads`` CPU threads as the commands'
+    default). ``compile`` is listed but not timed on the CPU (its first compile takes a minute or more).
+    The first run exports the ONNX graph once (half a minute); later runs load it from the cache."""
+    import torch
+
+    from avatar_engine.backends import BackendOptions, available_backends, load_backend, time_runner
+    from avatar_engine.backends.base import BackendUnavailable
+    from avatar_engine.errors import WeightsError
+    from avatar_engine.models.base_model import load_model
+    from avatar_engine.models.frame_graph import NeuralFrameGraph
+
+    status = available_backends(device)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        spec = NeuralFrameGraph(load_model(device=device)).eval().synthetic_spec()
+    except WeightsError as exc:
+        spec = None
+        status = {name: why or f"not timed: {exc}" for name, why in status.items()}
+    checks = []
+    try:
+        for name, why in status.items():
+            label = f"backend {name}"
+            if why:
+                checks.append(Check(label, "warn" if name != "eager" else "fail", f"not available: {why}"))
+            elif name == "compile" and torch.device(device).type == "cpu":
+                checks.append(Check(label, "ok", "loads; not timed (compiles for a minute; "
+                                                 "see benchmarks/bench_backends.py)"))
+            elif spec is not None:
+                try:
+                    runner = load_backend(spec, name, BackendOptions(threads=threads))
+                    ms = time_runner(runner, spec.example_inputs, runs=runs, warmup=2)
+                    checks.append(Check(label, "ok", f"{ms:.1f} ms per {spec.name} frame ({threads} thread)"))
+                except BackendUnavailable as exc:
+                    checks.append(Check(label, "warn", f"does not load: {exc}"))
+    finally:
+        torch.set_num_threads(old)
+    return checks
+
+
+def run_checks(backends: bool = True) -> list[Check]:
+    """Run every check (a second or two: builds a face-mesh graph, opens the virtual camera briefly; the
+    backend timings a few seconds more, half a minute the first time)."""
     torch_check, gpu = _check_torch()
-    return [_check_python(), torch_check, _check_mediapipe(), _check_opencv(), gpu, _check_display(),
-            _check_cameras(), _check_virtual_camera()]
+    checks = [_check_python(), torch_check, _check_mediapipe(), _check_opencv(), gpu, _check_display(),
+              _check_cameras(), _check_virtual_camera()]
+    if backends and torch_check.status == "ok":
+        checks += check_backends()
+    return checks
 
 
 def setup_instructions(plat: str | None = None) -> str:

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from avatar_engine.backends.base import GraphSpec
 
 from avatar_engine.geometry.rasterizer import ConnectivityRasterizer
 from avatar_engine.models.base_model import NeuralAvatar, NeuralSourceCache
@@ -67,6 +70,26 @@ class NeuralFrameGraph(nn.Module):
                        mesh_grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """All inputs in order, contiguous (what the exporters and runtimes want)."""
         return tuple(t.contiguous() for t in (target_points.float(), mesh_grid, *self.source_inputs(cache)))
+
+    def spec(self, cache: NeuralSourceCache, target_points: torch.Tensor, mesh_grid: torch.Tensor) -> GraphSpec:
+        """The :class:`GraphSpec` of this graph at the shapes of these inputs (named ``neural<S>``)."""
+        with torch.inference_mode():
+            example = self.example_inputs(cache, target_points, mesh_grid)
+        return GraphSpec(f"neural{self.model.config.size}", self, example, self.input_names, self.output_names)
+
+    def synthetic_spec(self, seed: int = 0) -> GraphSpec:
+        """A spec with made-up inputs of the right shapes (a random source, points and an identity
+        mesh grid): for timing a backend without a photo (``avatar-engine doctor``)."""
+        g = torch.Generator().manual_seed(seed)
+        cfg = self.model.config
+        dev = self.lines.edges.device
+        s = cfg.size
+        points = (torch.rand(1, 478, 3, generator=g) * torch.tensor([0.5 * s, 0.5 * s, 10.0]) + 0.25 * s).to(dev)
+        with torch.inference_mode():
+            cache = self.model.encode_source(torch.rand(1, 3, s, s, generator=g).to(dev), points,
+                                             torch.randn(1, cfg.refine.id_dim, generator=g).to(dev))
+        ident = F.affine_grid(torch.eye(2, 3)[None], [1, 3, s, s], align_corners=False).to(dev)
+        return self.spec(cache, points, ident)
 
     def forward(self, target_points: torch.Tensor, mesh_grid: torch.Tensor, source: torch.Tensor,
                 warp0: torch.Tensor, warp1: torch.Tensor, warp2: torch.Tensor, refine_mid: torch.Tensor,
@@ -133,6 +156,15 @@ class SRStepGraph(nn.Module):
     @property
     def output_names(self) -> tuple[str, ...]:
         return ("image", *(f"new_past{i}" for i in self.temporal))
+
+    def spec(self, device: torch.device | str = "cpu") -> tuple[GraphSpec, tuple[torch.Tensor, ...]]:
+        """The :class:`GraphSpec` of one step at the network's input size (named ``sr<S>``), and a
+        zero state (the ``past`` inputs) to start a stream with."""
+        s = self.net.config.input_size
+        frame = torch.zeros(1, 3, s, s, device=device)
+        past = self.zero_state(frame)
+        example = (frame, torch.ones(1, dtype=torch.bool, device=frame.device), *past)
+        return GraphSpec(f"sr{s}", self, example, self.input_names, self.output_names), past
 
     def zero_state(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Pasts of the right shapes for ``frame (1, 3, S, S)`` (contents unused while ``fresh``)."""

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_engine.backends import BackendChoice, BackendOptions, GraphSpec, Runner, accelerate, check_backend
+from avatar_engine.backends import BackendChoice, BackendOptions, Runner, accelerate, check_backend
 from avatar_engine.errors import WeightsError
 from avatar_engine.models.frame_graph import SRStepGraph
 from avatar_engine.models.streaming import RingBuffer
@@ -148,12 +148,7 @@ class SuperResolver:
             self._step = self._load_step(backend or self.config.backend, backend_options)
 
     def _load_step(self, backend: str, options: BackendOptions | None) -> Runner:
-        graph = SRStepGraph(self.net).eval()
-        s = self.input_size
-        frame = torch.zeros(1, 3, s, s, device=self.device)
-        self._past = graph.zero_state(frame)
-        example = (frame, torch.ones(1, dtype=torch.bool, device=self.device), *self._past)
-        spec = GraphSpec(f"sr{s}", graph, example, graph.input_names, graph.output_names)
+        spec, self._past = SRStepGraph(self.net).eval().spec(self.device)
         runner, self.backend_choice = accelerate(spec, backend, options)
         return runner
 

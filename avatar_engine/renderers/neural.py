@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_engine.backends import BackendChoice, BackendOptions, GraphSpec, Runner, accelerate, check_backend
+from avatar_engine.backends import BackendChoice, BackendOptions, Runner, accelerate, check_backend
 from avatar_engine.errors import WeightsError
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, NeuralSourceCache, load_model
 from avatar_engine.io.image import image_to_tensor, tensor_to_image
@@ -114,10 +114,9 @@ class NeuralRenderer(Renderer):
     def _load_graph(self, points: torch.Tensor) -> Runner:
         """The per-frame graph through the backend, with this source's tensors as example inputs."""
         assert self._mesh is not None and self._cache is not None
-        graph = NeuralFrameGraph(self.model).eval()
         with torch.inference_mode():
-            example = graph.example_inputs(self._cache, points, self._mesh.grid(points))
-        spec = GraphSpec(f"neural{self.model.config.size}", graph, example, graph.input_names, graph.output_names)
+            grid = self._mesh.grid(points)
+        spec = NeuralFrameGraph(self.model).eval().spec(self._cache, points, grid)
         runner, self.backend_choice = accelerate(spec, self.backend, self.backend_options)
         return runner
 
