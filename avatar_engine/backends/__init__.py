@@ -5,8 +5,8 @@
 
 * ``eager``: PyTorch as written (the reference every other backend is tested against);
 * ``compile``: ``torch.compile`` (inductor; a C++ compiler on the CPU, triton and CUDA graphs on CUDA);
-* ``onnxruntime``, ``openvino``: the graph exported to ONNX once (cached), run by ONNX Runtime or
-  OpenVINO (``pip install -e '.[onnx]'`` / ``'.[openvino]'``; OpenVINO is CPU only here);
+* ``onnxruntime``, ``openvino``: the graph exported to ONNX once (cached), run by ONNX Runtime
+  (``pip install -e '.[onnxruntime]'``) or OpenVINO (a dependency: the fastest on the CPU; CPU only);
 * ``tensorrt``: torch-tensorrt (``pip install -e '.[trt]'``, CUDA only).
 
 ``auto`` times every backend that loads (except ``compile`` on the CPU, whose first compile takes

@@ -69,7 +69,7 @@ def export_missing() -> str:
     """'' when this machine can export ONNX graphs, else why not."""
     for pkg, pip in (("onnx", "onnx"), ("onnxscript", "onnxscript")):
         if importlib.util.find_spec(pkg) is None:
-            return f"exporting the graph needs {pip} (pip install -e '.[onnx]')"
+            return f"exporting the graph needs {pip} (a dependency: pip install -e .)"
     return ""
 
 
@@ -114,7 +114,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def onnxruntime_missing(device: torch.device) -> str:
     if importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed (pip install -e '.[onnx]')"
+        return "onnxruntime is not installed (pip install -e '.[onnxruntime]')"
     if device.type == "cuda":
         import onnxruntime as ort
 
@@ -129,7 +129,7 @@ def openvino_missing(device: torch.device) -> str:
     if device.type != "cpu":
         return f"OpenVINO runs on the CPU here (the model runs on {device.type})"
     if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install -e '.[openvino]')"
+        return "openvino is not installed (a dependency: pip install -e .)"
     return ""
 
 
