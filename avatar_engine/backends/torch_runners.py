@@ -26,7 +26,7 @@ class TorchRunner(Runner):
     def __init__(self, backend: str, fn: Callable[..., Any], device: torch.device, precision: str = "fp32"):
         self.backend, self.fn, self.device, self.precision = backend, fn, device, precision
 
-    def _autocast(self):
+    def _autocast(self):  # reduced precision on CUDA only: on the CPU, eager is the fp32 reference
         if self.device.type == "cuda" and self.precision in _DTYPES:
             return torch.autocast("cuda", dtype=_DTYPES[self.precision])
         return nullcontext()
