@@ -136,6 +136,11 @@ def live(args: argparse.Namespace, size: int, backend: str, realtime: bool) -> s
             f"{r.dropped_camera} ({drop:.0f} %) | {meter.ms_per_frame():.0f} |")
 
 
+def table(columns: list[str], rows: list[str]) -> str:
+    """A markdown table (with a blank line before it) of already formatted rows."""
+    return "\n".join(["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clip", type=Path, default=DATA / "clips/val/P004/C018.mp4", help="landmarks / SR frames")
@@ -160,10 +165,8 @@ def main() -> None:
     rows, best_neural, best_sr = graphs(args)
     print(f"machine: {machine(args.threads)}; load average (1/5/15 min) before {load_before}, "
           f"after {load_average()} ({time.monotonic() - t0:.0f} s)")
-    print()
-    print("| graph | backend | ms per frame (median) | x eager | max diff to eager (levels of 255) | load s |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print(table(["graph", "backend", "ms per frame (median)", "x eager", "max diff to eager (levels of 255)",
+                 "load s"], rows))
     if not args.live:
         return
     best = best_neural if best_neural == best_sr else best_sr  # the 512 path is dominated by SR
@@ -175,11 +178,8 @@ def main() -> None:
     print(f"live engine, neural renderer, {args.threads} thread(s), camera {args.live_clip.name}, "
           f"source {args.source.name}, {args.live_seconds:g} s each; load average before {load_before}, "
           f"after {load_average()} ({time.monotonic() - t0:.0f} s)")
-    print()
-    print("| size | backend | camera | frames/s | latency p50 ms | latency p99 ms | dropped camera frames | "
-          "CPU ms/frame (all threads) |")
-    print("|---|---|---|---|---|---|---|---|")
-    print("\n".join(live_rows))
+    print(table(["size", "backend", "camera", "frames/s", "latency p50 ms", "latency p99 ms",
+                 "dropped camera frames", "CPU ms/frame (all threads)"], live_rows))
 
 
 if __name__ == "__main__":
