@@ -9,9 +9,9 @@
   (``pip install -e '.[onnxruntime]'``) or OpenVINO (a dependency: the fastest on the CPU; CPU only);
 * ``tensorrt``: torch-tensorrt (``pip install -e '.[trt]'``, CUDA only).
 
-``auto`` times every backend that loads (except ``compile`` on the CPU, whose first compile takes
-tens of seconds and which measured slower than OpenVINO there: see ``benchmarks/bench_backends.py``)
-on the graph's example inputs, once per graph, machine and thread count, keeps the fastest, and
+``auto`` times every backend that loads (except ``compile`` on the CPU: compiling these graphs takes
+20 s to minutes on a 2-core CPU in every new process, while OpenVINO loads in a second at a similar
+speed, see ``benchmarks/bench_backends.py``) on the graph's example inputs, once per graph, machine and thread count, keeps the fastest, and
 remembers the choice in the cache folder (``auto.json``), so later starts load only the winner.
 
 A backend that cannot run (not installed, wrong device, export or compile failure) falls back to
