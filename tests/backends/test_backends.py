@@ -102,3 +102,22 @@ def test_a_changed_model_exports_again(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(runner(*spec.example_inputs)[0], spec.module(*spec.example_inputs),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_exported_graph_has_the_named_inputs_and_outputs_of_fixed_shape(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from avatar_engine.backends.onnx_runners import export_onnx
+
+    spec = GraphSpec("tiny", _Net().eval(), (torch.rand(1, 3, 16, 16),), ("x",), ("y",))
+    model = onnx.load(str(export_onnx(spec, tmp_path)))
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
+    assert dims == {"x": [1, 3, 16, 16], "y": [1, 3, 32, 32]}
+    assert "Resize" not in {n.op_type for n in model.graph.node}  # the upsample became a convolution
+
+
+def test_precision_defaults_fp16_on_cuda_fp32_on_the_cpu():
+    assert BackendOptions().resolved_precision(torch.device("cuda")) == "fp16"
+    assert BackendOptions().resolved_precision(torch.device("cpu")) == "fp32"
+    assert BackendOptions(precision="bf16").resolved_precision(torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        BackendOptions(precision="int8").resolved_precision(torch.device("cpu"))
