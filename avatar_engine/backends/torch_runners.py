@@ -32,9 +32,13 @@ class TorchRunner(Runner):
         return nullcontext()
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        graphed = self.backend == "compile" and self.device.type == "cuda"
         with torch.inference_mode(), self._autocast():
+            if graphed:  # CUDA graphs: a new replay; its outputs live in buffers the next replay reuses
+                torch.compiler.cudagraph_mark_step_begin()
             out = as_tuple(self.fn(*inputs))
-        return tuple(t.float() if t.is_floating_point() else t for t in out)
+        out = tuple(t.float() if t.is_floating_point() else t for t in out)
+        return tuple(t.clone() for t in out) if graphed else out
 
 
 def compile_missing(device: torch.device) -> str:
