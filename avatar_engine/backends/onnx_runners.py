@@ -34,7 +34,7 @@ __all__ = ["graph_key", "export_onnx", "load_onnxruntime", "load_openvino", "onn
 
 log = logging.getLogger("avatar_engine")
 
-_FORMAT = "avatar-engine-graph-v2"
+_FORMAT = "avatar-engine-graph-v3"
 
 
 def _source_files(module: torch.nn.Module) -> list[str]:
@@ -94,8 +94,11 @@ def export_onnx(spec: GraphSpec, cache_dir: Path) -> Path:
             warnings.simplefilter("ignore")
             program = torch.export.export(spec.module, inputs)
             program = program.run_decompositions(EXPORT_DECOMPOSITIONS)
+            # no onnxscript optimizer pass: it adds ~40 % to the export time (20 s instead of 14 s for the
+            # neural graph here), and OpenVINO and ONNX Runtime optimise the graph themselves when they
+            # load it (the same ms per frame measured with and without it)
             onnx_program = torch.onnx.export(program, inputs, dynamo=True, input_names=list(spec.input_names),
-                                             output_names=list(spec.output_names), optimize=True, verbose=False)
+                                             output_names=list(spec.output_names), optimize=False, verbose=False)
             onnx_program.save(str(tmp))
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - an exporter failure means: this backend cannot run the graph
