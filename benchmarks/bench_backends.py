@@ -1,7 +1,7 @@
 """Inference backends side by side: ms per frame of each per-frame graph, then the live engine with the best.
 
     python benchmarks/bench_backends.py [--threads 1] [--frames 40] [--compile] [--bf16]
-                                        [--live-seconds 20] [--no-live]
+                                        [--live-seconds 12] [--live-repeats 3] [--no-live | --live-only B]
 
 Part 1 (one process, round robin so that the machine's load hits every backend alike): for every
 backend that loads here, the neural renderer's whole frame at 256 (``renderer.render``: mesh grid in
@@ -15,7 +15,8 @@ OpenVINO in bf16.
 Part 2: the live engine (``avatar-engine start`` headless, a 30 fps val clip as the camera, see
 ``bench_live.py``) with the neural renderer, eager against the best backend of part 1, at 256 and
 512: played in real time (fps, capture-to-output latency, dropped camera frames, CPU ms per frame of
-the whole process) and as fast as it goes (``--no-realtime``: frames/s).
+the whole process) and as fast as it goes (``--no-realtime``: frames/s); the two backends' sessions
+alternate, ``--live-repeats`` each, and the medians are reported.
 """
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ def graphs(args: argparse.Namespace) -> tuple[list[str], str, str]:
     return rows, best["neural renderer, 256"], best["SR step, 256 -> 512"]
 
 
-def live(args: argparse.Namespace, size: int, backend: str, realtime: bool) -> str:
+def live(args: argparse.Namespace, size: int, backend: str, realtime: bool) -> dict[str, float]:
+    """One headless session: frames/s, latency p50/p99, dropped camera frames, CPU ms per frame."""
     meter = CpuMeter()
     cfg = LiveConfig(source=args.source, camera=args.live_clip, loop=True, realtime=realtime, renderer="neural",
                      size=size, threads=args.threads, backend=backend, preview=False, virtual_camera=True,
@@ -133,11 +135,29 @@ def live(args: argparse.Namespace, size: int, backend: str, realtime: bool) -> s
     engine = LiveEngine(cfg)
     meter.engine = engine
     r = engine.run()
-    if not realtime:
-        return f"| {size} | {backend} | as fast as it goes | {r.fps:.1f} | | | | {meter.ms_per_frame():.0f} |"
-    drop = 100.0 * r.dropped_camera / max(r.frames_captured + r.dropped_camera, 1)
-    return (f"| {size} | {backend} | 30 fps camera | {r.fps:.1f} | {r.latency_p50_ms:.0f} | {r.latency_p99_ms:.0f} | "
-            f"{r.dropped_camera} ({drop:.0f} %) | {meter.ms_per_frame():.0f} |")
+    return {"fps": r.fps, "p50": r.latency_p50_ms, "p99": r.latency_p99_ms, "cpu": meter.ms_per_frame(),
+            "dropped": 100.0 * r.dropped_camera / max(r.frames_captured + r.dropped_camera, 1)}
+
+
+def live_rows(args: argparse.Namespace, best: str) -> list[str]:
+    """Eager and ``best`` alternating, ``args.live_repeats`` sessions each per size and mode; medians."""
+    rows = []
+    for size in (256, 512):
+        for realtime in (True, False):
+            runs: dict[str, list[dict[str, float]]] = {"eager": [], best: []}
+            for _ in range(args.live_repeats):
+                for backend in runs:
+                    runs[backend].append(live(args, size, backend, realtime))
+            for backend, rs in runs.items():
+                m = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+                fps = "/".join(f"{r['fps']:.1f}" for r in rs)
+                if realtime:
+                    rows.append(f"| {size} | {backend} | 30 fps camera | {m['fps']:.1f} ({fps}) | {m['p50']:.0f} | "
+                                f"{m['p99']:.0f} | {m['dropped']:.0f} % | {m['cpu']:.0f} |")
+                else:
+                    rows.append(f"| {size} | {backend} | as fast as it goes | {m['fps']:.1f} ({fps}) | | | | "
+                                f"{m['cpu']:.0f} |")
+    return rows
 
 
 def table(columns: list[str], rows: list[str]) -> str:
@@ -155,8 +175,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
     ap.add_argument("--bf16", action="store_true", help="also time OpenVINO in bf16")
-    ap.add_argument("--live-seconds", type=float, default=20.0)
+    ap.add_argument("--live-seconds", type=float, default=12.0)
+    ap.add_argument("--live-repeats", type=int, default=3)
     ap.add_argument("--no-live", dest="live", action="store_false")
+    ap.add_argument("--live-only", metavar="BACKEND", default=None,
+                    help="skip the graph timings; compare eager with BACKEND in the live engine")
     ap.add_argument("--cache", type=Path, default=None, help="graph cache (default: a new temporary folder)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -164,26 +187,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pyvirtualcam.register_backend("discard", DiscardBackend)
 
-    t0 = time.monotonic()
-    load_before = load_average()
-    rows, best_neural, best_sr = graphs(args)
-    print(f"machine: {machine(args.threads)}; load average (1/5/15 min) before {load_before}, "
-          f"after {load_average()} ({time.monotonic() - t0:.0f} s)")
-    print(table(["graph", "backend", "ms per frame (median)", "x eager", "10th percentile ms", "x eager",
-                 "max diff to eager (levels of 255)", "load s"], rows))
+    best = args.live_only
+    if best is None:
+        t0 = time.monotonic()
+        load_before = load_average()
+        rows, best_neural, best_sr = graphs(args)
+        print(f"machine: {machine(args.threads)}; load average (1/5/15 min) before {load_before}, "
+              f"after {load_average()} ({time.monotonic() - t0:.0f} s)")
+        print(table(["graph", "backend", "ms per frame (median)", "x eager", "10th percentile ms", "x eager",
+                     "max diff to eager (levels of 255)", "load s"], rows))
+        best = best_neural if best_neural == best_sr else best_sr  # the 512 path is dominated by SR
     if not args.live:
         return
-    best = best_neural if best_neural == best_sr else best_sr  # the 512 path is dominated by SR
     t0 = time.monotonic()
     load_before = load_average()
-    live_rows = [live(args, size, backend, realtime)
-                 for size in (256, 512) for realtime in (True, False) for backend in ("eager", best)]
+    rows = live_rows(args, best)
     print()
+    print(f"machine: {machine(args.threads)}")
     print(f"live engine, neural renderer, {args.threads} thread(s), camera {args.live_clip.name}, "
-          f"source {args.source.name}, {args.live_seconds:g} s each; load average before {load_before}, "
+          f"source {args.source.name}, {args.live_seconds:g} s per session, {args.live_repeats} sessions per row "
+          f"(alternating; medians, each session's frames/s in brackets); load average before {load_before}, "
           f"after {load_average()} ({time.monotonic() - t0:.0f} s)")
     print(table(["size", "backend", "camera", "frames/s", "latency p50 ms", "latency p99 ms",
-                 "dropped camera frames", "CPU ms/frame (all threads)"], live_rows))
+                 "dropped camera frames", "CPU ms/frame (all threads)"], rows))
 
 
 if __name__ == "__main__":
