@@ -81,7 +81,7 @@ def export_onnx(spec: GraphSpec, cache_dir: Path) -> Path:
     why = export_missing()
     if why:
         raise BackendUnavailable(why)
-    log.info("exporting the %s graph to ONNX (once per model; %s)", spec.name, path)
+    log.info("exporting the %s graph to ONNX: once per model and machine, about half a minute (%s)", spec.name, path)
     inputs = tuple(t.detach().clone() for t in spec.example_inputs)  # not inference tensors
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
