@@ -104,9 +104,12 @@ class Runner:
 
     Attributes:
         backend: the backend's name.
+        host_arrays: it reads its inputs as contiguous CPU arrays (callers that pass the same tensor
+            every call make it contiguous once).
     """
 
     backend = ""
+    host_arrays = False
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

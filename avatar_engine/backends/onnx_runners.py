@@ -138,6 +138,7 @@ def openvino_missing(device: torch.device) -> str:
 
 class _OrtRunner(Runner):
     backend = "onnxruntime"
+    host_arrays = True
 
     def __init__(self, path: Path, spec: GraphSpec, threads: int):
         import onnxruntime as ort
@@ -161,6 +162,7 @@ class _OrtRunner(Runner):
 
 class _OpenVinoRunner(Runner):
     backend = "openvino"
+    host_arrays = True
 
     def __init__(self, path: Path, spec: GraphSpec, threads: int, cache_dir: Path, precision: str):
         import openvino as ov

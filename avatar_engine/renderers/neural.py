@@ -101,9 +101,11 @@ class NeuralRenderer(Renderer):
         with torch.inference_mode():
             self._cache = self.model.encode_source(image_to_tensor(crop, self.device),
                                                    torch.from_numpy(pts).to(self.device)[None], z)
-        self._source_inputs = NeuralFrameGraph.source_inputs(self._cache)
         if self._graph is None:
             self._graph = self._load_graph(self._points(pts))
+        inputs = NeuralFrameGraph.source_inputs(self._cache)
+        # once per source, not every frame: the ONNX runtimes read contiguous host arrays
+        self._source_inputs = tuple(t.contiguous() for t in inputs) if self._graph.host_arrays else inputs
 
     def _points(self, pts: np.ndarray) -> torch.Tensor:
         """``(478, 2|3)`` model-size crop px -> the graph's ``(1, 478, 3)`` float32 input (z = 0 if absent)."""
