@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from avatar_engine.backends.base import BackendOptions, BackendUnavailable, GraphSpec, Runner
-from avatar_engine.backends import decompositions
 from avatar_engine.backends.decompositions import EXPORT_DECOMPOSITIONS
 
 __all__ = ["graph_key", "export_onnx", "load_onnxruntime", "load_openvino", "onnxruntime_missing",
@@ -60,7 +59,7 @@ def graph_key(spec: GraphSpec) -> str:
     for name, t in [*spec.module.named_parameters(), *spec.module.named_buffers()]:
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    for f in [*_source_files(spec.module), __file__, inspect.getsourcefile(decompositions)]:
+    for f in [*_source_files(spec.module), __file__, str(Path(__file__).with_name("decompositions.py"))]:
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]
 
