@@ -20,7 +20,7 @@ from avatar_engine.errors import AvatarError
 __all__ = ["main", "build_parser"]
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, serve.add)
+    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, train.add_meta, serve.add)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _join_compound(argv: list[str]) -> list[str]:
-    """``train sr ...`` is another spelling of ``train-sr ...``."""
+    """``train sr ...`` / ``train meta ...`` are other spellings of ``train-sr ...`` / ``train-meta ...``."""
     for i, word in enumerate(argv):
         if not word.startswith("-"):
-            if word == "train" and argv[i + 1: i + 2] == ["sr"]:
-                return [*argv[:i], "train-sr", *argv[i + 2:]]
+            if word == "train" and argv[i + 1: i + 2] in (["sr"], ["meta"]):
+                return [*argv[:i], f"train-{argv[i + 1]}", *argv[i + 2:]]
             break
     return argv
 
