@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -41,11 +40,12 @@ from avatar_engine.errors import AvatarError
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, load_model, save_weights
 from avatar_engine.training.ddp import DistInfo, cleanup_distributed, init_distributed
 from avatar_engine.training.trainer import LossConfig
+from calibration.profiles import file_sha256
 from calibration.adapt import (AdaptConfig, PairPool, adapt, heldout_loss, inner_steps, select_parameters,
                                slice_clip)
 
 __all__ = ["MetaConfig", "MetaReport", "load_meta_config", "reptile_update", "identity_tasks", "meta_train",
-           "export_meta_weights", "file_sha256"]
+           "export_meta_weights"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -126,15 +126,6 @@ def load_meta_config(path: str | Path) -> MetaConfig:
         raise AvatarError(f"cannot read config {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
         raise AvatarError(f"bad config {path}: {exc}") from None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -13,14 +13,15 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from avatar_engine.cli import doctor, evaluate, prepare, render, serve, start, train
+from avatar_engine.cli import doctor, enroll, evaluate, prepare, profiles, render, serve, start, train
 from avatar_engine.cli.stderr_filter import filtered_stderr
 from avatar_engine.errors import AvatarError
 
 __all__ = ["main", "build_parser"]
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, train.add_meta, serve.add)
+    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, train.add_meta, serve.add,
+    enroll.add, profiles.add)
 
 
 def build_parser() -> argparse.ArgumentParser:
