@@ -194,7 +194,7 @@ class ProfileStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
-        return self.load(name)
+        return self.load(name, check_weights=False)
 
     def delete(self, name: str) -> Path:
         """Remove profile ``name`` (its whole folder). Raises ProfileError when there is none."""
