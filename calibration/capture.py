@@ -93,7 +93,7 @@ class CaptureConfig:
 
     Attributes:
         seconds: capture length (camera time; a file's own timestamps).
-        min_seconds: usable frames needed, in seconds of footage, to go on.
+        min_seconds: usable frames needed, in seconds of footage, to go on (at most half of ``seconds``).
         quality: thresholds of the per-frame checks.
         crf: quality of the capture video (libx264; low = close to lossless).
     """
@@ -178,7 +178,7 @@ def run_capture(camera: FrameSource, video: str | Path, config: CaptureConfig | 
         clock: time source of a realtime camera (seconds).
     Raises:
         CaptureCancelled: the user pressed Q/Esc.
-        AvatarError: fewer than ``min_seconds`` of usable frames (the message gives the commonest hint).
+        AvatarError: too few usable frames (``min_seconds``) (the message gives the commonest hint).
     """
     cfg = config or CaptureConfig()
     fps = float(camera.fps or 25.0)
@@ -223,10 +223,11 @@ def run_capture(camera: FrameSource, video: str | Path, config: CaptureConfig | 
     finally:
         if writer is not None:
             writer.close()
-    if best is None or kept < cfg.min_seconds * fps:
+    need = min(cfg.min_seconds, 0.5 * cfg.seconds)
+    if best is None or kept < need * fps:
         common = rejected.most_common(1)
         hint = f" (most frames: {HINTS[common[0][0]]})" if common else ""
-        raise AvatarError(f"only {kept} usable frames in {seen} ({kept / fps:.1f} s, need {cfg.min_seconds:.0f} s)"
+        raise AvatarError(f"only {kept} usable frames in {seen} ({kept / fps:.1f} s, need {need:.1f} s)"
                           f"{hint}")
     if kept < seen:
         log.info("capture: %d of %d frames usable; %s", kept, seen,
