@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from avatar_engine.config import config_from_dict
+from avatar_engine.config import config_from_dict, load_config
 from avatar_engine.data.prepare import PreparedClip, load_prepared
 from avatar_engine.errors import AvatarError
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, load_model, save_weights
@@ -115,17 +115,13 @@ class MetaConfig:
 
 
 def load_meta_config(path: str | Path) -> MetaConfig:
-    """Read a TOML meta-training config (unknown keys are an error; ``init`` relative to the repository)."""
+    """Read a TOML meta-training config (unknown keys are an error)."""
     import tomllib
 
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        return config_from_dict(MetaConfig, data)
-    except OSError as exc:
-        raise AvatarError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
-        raise AvatarError(f"bad config {path}: {exc}") from None
+        return load_config(path, MetaConfig)
+    except (OSError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        raise AvatarError(f"bad config {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 @torch.no_grad()

@@ -51,6 +51,26 @@ def test_render_uses_the_profile(enrolled, tmp_path, monkeypatch):
     assert seen["name"] == "neural" and seen["weights"] == root / "ann" / "weights.safetensors"
 
 
+def test_start_uses_the_profile(enrolled, tmp_path, monkeypatch):
+    import runtime.engine as engine
+
+    root, clip = enrolled
+    seen = {}
+    real = engine.create_renderer
+
+    def spy(name, device="cpu", **kw):  # records what the real factory gets
+        seen.update(kw, name=name)
+        return real(name, device, **kw)
+
+    monkeypatch.setattr(engine, "create_renderer", spy)
+    out = tmp_path / "live.mp4"
+    rc = main(["start", "--source", str(root / "ann" / "source.png"), "--camera", str(clip), "--no-realtime",
+               "--no-preview", "--no-virtual-camera", "--no-calibrate", "--max-frames", "3", "--output", str(out),
+               "--profile", "ann", "--profiles-dir", str(root)])
+    assert rc == 0 and out.is_file()
+    assert seen["name"] == "neural" and seen["weights"] == root / "ann" / "weights.safetensors"
+
+
 def test_profile_errors_are_one_line(enrolled, tmp_path, capsys):
     root, clip = enrolled
     args = ["render", "--source", str(root / "ann" / "source.png"), "--driving", str(clip), "--output",
