@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import tomllib
 
+import numpy as np
 import pytest
 
 import avatar_engine.pipeline.render_job as render_job
 from avatar_engine.cli.main import main
+from avatar_engine.io.image import read_image
 from avatar_engine.io.video import probe_video
 
 
@@ -14,15 +16,17 @@ from avatar_engine.io.video import probe_video
 def enrolled(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("profiles")
     clip = data_dir / "clips" / "val" / "P004" / "C018.mp4"
-    rc = main(["enroll", "--name", "ann", "--video", str(clip), "--seconds", "3", "--steps", "2",
+    photo = data_dir / "images" / "val" / "P029" / "I023.jpg"
+    rc = main(["enroll", "--name", "ann", "--video", str(clip), "--seconds", "3", "--steps", "2", "--source", str(photo),
                "--profiles-dir", str(root), "--threads", "1"])
     assert rc == 0
-    return root, clip
+    return root, clip, photo
 
 
 def test_profile_written(enrolled, capsys):
-    root, _ = enrolled
+    root, _, photo = enrolled
     folder = root / "ann"
+    assert np.array_equal(read_image(folder / "source.png"), read_image(photo))  # --source: the photo shown
     meta = tomllib.loads((folder / "profile.toml").read_text())
     assert meta["format_version"] == 1 and meta["capture"] == "video C018.mp4"
     assert meta["adapt"]["steps"] == 2 and meta["adapt"]["frames_held_back"] > 0
@@ -35,7 +39,7 @@ def test_profile_written(enrolled, capsys):
 
 
 def test_render_uses_the_profile(enrolled, tmp_path, monkeypatch):
-    root, clip = enrolled
+    root, clip, _ = enrolled
     seen = {}
     real = render_job.create_renderer
 
@@ -54,7 +58,7 @@ def test_render_uses_the_profile(enrolled, tmp_path, monkeypatch):
 def test_start_uses_the_profile(enrolled, tmp_path, monkeypatch):
     import runtime.engine as engine
 
-    root, clip = enrolled
+    root, clip, _ = enrolled
     seen = {}
     real = engine.create_renderer
 
@@ -72,7 +76,7 @@ def test_start_uses_the_profile(enrolled, tmp_path, monkeypatch):
 
 
 def test_profile_errors_are_one_line(enrolled, tmp_path, capsys):
-    root, clip = enrolled
+    root, clip, _ = enrolled
     args = ["render", "--source", str(root / "ann" / "source.png"), "--driving", str(clip), "--output",
             str(tmp_path / "o.mp4"), "--max-frames", "1", "--profiles-dir", str(root)]
     assert main([*args, "--profile", "nobody"]) == 2
@@ -94,7 +98,7 @@ def test_enroll_bad_name_and_missing_video(tmp_path, capsys):
 
 
 def test_delete(enrolled, capsys):
-    root, _ = enrolled
+    root, _, _ = enrolled
     assert main(["profiles", "show", "ann", "--profiles-dir", str(root)]) == 0
     assert "metrics.after" in capsys.readouterr().out
     assert main(["profiles", "delete", "ann", "--profiles-dir", str(root)]) == 0
