@@ -55,7 +55,7 @@ def _adapt_config(args: argparse.Namespace):
 def _open_preview(wanted: bool):
     import logging
 
-    from runtime.sinks import PreviewWindow, display_available
+    from runtime.preview import PreviewWindow, display_available
 
     if not wanted:
         return None
