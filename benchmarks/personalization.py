@@ -10,7 +10,8 @@ meta) it fine-tunes ``--steps`` steps (:func:`calibration.personalize.personaliz
 defaults otherwise) and records PSNR, mouth L1, identity distance and the held-back loss before and
 after, and the held-back loss curve. The "3x" check: the step at which the meta start's curve first
 reaches the base start's final loss (``steps_to_base_final``). Writes ``results.json`` and
-``curves.png`` (both curves per task in one plot) to ``--out``.
+``curves.png`` (both curves per task in one plot) to ``--out``; ``--starts base`` and ``--starts meta``
+can run separately (the results of the other start in ``--out`` are kept).
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: enroll's)")
     ap.add_argument("--params", default=None, help="parameter set (default: enroll's)")
     ap.add_argument("--meta", type=Path, default=META_WEIGHTS)
+    ap.add_argument("--starts", nargs="+", default=["base", "meta"], choices=("base", "meta"),
+                    help="which starts to run now (results of other runs in --out are kept)")
     ap.add_argument("--cache", type=Path, default=default_cache_dir())
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "personalization")
@@ -73,31 +76,33 @@ def main() -> None:
     changes |= {k: v for k, v in (("lr", args.lr), ("params", args.params)) if v is not None}
     adapt_cfg = dataclasses.replace(base_cfg.adapt, **changes)
     encoder = IdentityEncoder()
-    starts = {"base": DEFAULT_WEIGHTS, "meta": args.meta}
-    results = {"machine": machine(args.threads), "load_avg": os.getloadavg(), "adapt": dataclasses.asdict(adapt_cfg),
-               "starts": {k: str(v) for k, v in starts.items()}, "tasks": {}}
+    weights = {"base": DEFAULT_WEIGHTS, "meta": args.meta}
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"tasks": {}}
     for name in args.tasks:
         adapt_clips, eval_clips = _task_clips(args.cache, name, 30.0)
-        runs = {}
-        for start, weights in starts.items():
+        runs = results["tasks"].setdefault(name, {})
+        for start in args.starts:
+            load = os.getloadavg()
             t = time.perf_counter()
-            cfg = dataclasses.replace(base_cfg, adapt=adapt_cfg, init=weights)
+            cfg = dataclasses.replace(base_cfg, adapt=adapt_cfg, init=weights[start])
             r = personalize(adapt_clips, cfg, identity_encoder=encoder, eval_clips=eval_clips)
-            runs[start] = {"before": r.before, "after": r.after, "curve": r.adapt.curve, "adapt_seconds": r.adapt.seconds,
-                           "frames_adapt": r.frames_adapt, "frames_eval": r.frames_held,
-                           "wall_s": time.perf_counter() - t}
+            runs[start] = {"weights": str(weights[start]), "before": r.before, "after": r.after,
+                           "curve": r.adapt.curve, "adapt_seconds": r.adapt.seconds, "frames_adapt": r.frames_adapt,
+                           "frames_eval": r.frames_held, "wall_s": time.perf_counter() - t,
+                           "load_avg": [load, os.getloadavg()], "machine": machine(args.threads),
+                           "adapt": dataclasses.asdict(adapt_cfg)}
             print(name, start, json.dumps({k: runs[start][k] for k in ("before", "after", "adapt_seconds")}), flush=True)
-        base_final = runs["base"]["curve"][-1][2]
-        reach = _steps_to_reach(runs["meta"]["curve"], base_final)
-        runs["steps_to_base_final"] = {"base": args.steps, "meta": reach,
-                                       "speedup": (args.steps / reach) if reach else None}
-        results["tasks"][name] = runs
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    results["load_avg_end"] = os.getloadavg()
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    _plot(results, args.out / "curves.png")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'curves.png'}")
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1))
+        if "base" in runs and "meta" in runs:
+            base_final, steps = runs["base"]["curve"][-1][2], runs["base"]["curve"][-1][0]
+            reach = _steps_to_reach(runs["meta"]["curve"], base_final)
+            runs["steps_to_base_final"] = {"base": steps, "meta": reach, "speedup": (steps / reach) if reach else None}
+    path.write_text(json.dumps(results, indent=1))
+    if any("base" in r and "meta" in r for r in results["tasks"].values()):
+        _plot(results, args.out / "curves.png")
+        print(f"wrote {path} and {args.out / 'curves.png'}")
 
 
 def _plot(results: dict, path: Path) -> None:
@@ -106,7 +111,7 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = results["tasks"]
+    tasks = {k: v for k, v in results["tasks"].items() if "base" in v and "meta" in v}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, (name, runs) in zip(axes[0], tasks.items()):
         for start, style in (("base", "o-"), ("meta", "s-")):

@@ -32,7 +32,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--budget", type=float, default=None, metavar="S",
                    help="fine-tuning time budget in seconds (default: 75)")
     g.add_argument("--params", choices=("all", "refine", "norm"), default=None,
-                   help="parameters fine-tuned (default: all)")
+                   help="parameters fine-tuned (default: refine, the refinement network)")
     g.add_argument("--init", type=Path, default=None,
                    help="start weights (default: the shipped meta-learned weights, else the base model)")
     g.add_argument("--no-identity", dest="identity", action="store_false",
