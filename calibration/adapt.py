@@ -48,7 +48,8 @@ class AdaptConfig:
 
     Attributes:
         steps: optimisation steps (upper bound; ``seconds`` may stop earlier).
-        seconds: wall-clock budget of the loop (None: no limit).
+        seconds: wall-clock budget of the loop (None: no limit): no step starts that would end after it at
+            the mean step time so far (the first step always runs).
         batch_size: pairs per step.
         lr: Adam learning rate. betas: Adam betas. grad_clip: max gradient norm (0: none).
         params: one of :data:`PARAM_SETS`.
@@ -224,7 +225,8 @@ def adapt(model: NeuralAvatar, train: PairPool, config: AdaptConfig, heldout: Pa
     stream = train.batches(config.batch_size, device, config.seed)
     seconds, step, train_losses = 0.0, 0, []
     try:
-        while step < config.steps and (config.seconds is None or seconds < config.seconds):
+        # stop before a step that would end past the budget (at the mean step time so far)
+        while step < config.steps and (config.seconds is None or seconds * (step + 1) / max(step, 1) <= config.seconds):
             t0 = time.perf_counter()
             train_losses += inner_steps(model, opt, [next(stream)], config.loss, config.grad_clip)
             seconds += time.perf_counter() - t0
