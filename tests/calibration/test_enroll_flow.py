@@ -23,6 +23,19 @@ def enrolled(data_dir, tmp_path_factory):
     return root, clip, photo
 
 
+def _spy_renderer_factory(monkeypatch, module) -> dict:
+    """Wrap ``module.create_renderer`` (the real factory still builds the renderer); returns what it got."""
+    seen = {}
+    real = module.create_renderer
+
+    def spy(name, device="cpu", **kw):
+        seen.update(kw, name=name)
+        return real(name, device, **kw)
+
+    monkeypatch.setattr(module, "create_renderer", spy)
+    return seen
+
+
 def test_profile_written(enrolled, capsys):
     root, _, photo = enrolled
     folder = root / "ann"
@@ -40,14 +53,7 @@ def test_profile_written(enrolled, capsys):
 
 def test_render_uses_the_profile(enrolled, tmp_path, monkeypatch):
     root, clip, _ = enrolled
-    seen = {}
-    real = render_job.create_renderer
-
-    def spy(name, device="cpu", **kw):  # records what the real factory gets
-        seen.update(kw, name=name)
-        return real(name, device, **kw)
-
-    monkeypatch.setattr(render_job, "create_renderer", spy)
+    seen = _spy_renderer_factory(monkeypatch, render_job)
     out = tmp_path / "out.mp4"
     rc = main(["render", "--source", str(root / "ann" / "source.png"), "--driving", str(clip), "--output", str(out),
                "--max-frames", "3", "--no-audio", "--profile", "ann", "--profiles-dir", str(root)])
@@ -59,14 +65,7 @@ def test_start_uses_the_profile(enrolled, tmp_path, monkeypatch):
     import runtime.engine as engine
 
     root, clip, _ = enrolled
-    seen = {}
-    real = engine.create_renderer
-
-    def spy(name, device="cpu", **kw):  # records what the real factory gets
-        seen.update(kw, name=name)
-        return real(name, device, **kw)
-
-    monkeypatch.setattr(engine, "create_renderer", spy)
+    seen = _spy_renderer_factory(monkeypatch, engine)
     out = tmp_path / "live.mp4"
     rc = main(["start", "--source", str(root / "ann" / "source.png"), "--camera", str(clip), "--no-realtime",
                "--no-preview", "--no-virtual-camera", "--no-calibrate", "--max-frames", "3", "--output", str(out),
