@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -143,12 +144,17 @@ def score_pairs(model: NeuralAvatar, pool: PairPool, identity_pairs: int = 8, en
 
 
 def contact_sheet(before: NeuralAvatar, after: NeuralAvatar, pool: PairPool, rows: int = 4) -> np.ndarray:
-    """``(rows * S, 4 * S, 3) uint8``: source | ground truth | before | after, one held-back pair per row."""
+    """``(24 + rows * S, 4 * S, 3) uint8``: a label strip, then source | ground truth | before | after, one
+    held-back pair per row."""
     n = min(rows, len(pool))
     sub = copy.copy(pool)
     sub.tensors = {k: v[:n] for k, v in pool.tensors.items()}
     b, a = _render(before, sub), _render(after, sub)
-    lines = []
+    size = pool.tensors["source"].shape[-1]
+    header = np.full((24, 4 * size, 3), 255, np.uint8)
+    for k, label in enumerate(("source", "ground truth", "before", "after")):
+        cv2.putText(header, label, (k * size + 8, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    lines = [header]
     for i in range(n):
         src = _to_uint8(sub.tensors["source"][i] * 2 - 1)
         gt = _to_uint8(sub.tensors["driving"][i] * 2 - 1)
