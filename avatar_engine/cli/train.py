@@ -17,15 +17,20 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "'prepare' cache: warp stage, then warp + refine. Re-running with the same "
                                    "--output resumes. Under torchrun (e.g. torchrun --nproc-per-node 8 "
                                    "$(which avatar-engine) train ...) it trains with DistributedDataParallel.")
-    p.add_argument("--config", type=Path, required=True, help="TOML config (configs/neural_lite.toml, neural_full.toml)")
-    p.add_argument("--output", type=Path, required=True, help="run folder: checkpoint, loss log, samples")
+    _run_options(p, "configs/neural_lite.toml, neural_full.toml", "checkpoint, loss log, samples", "steps")
+    p.set_defaults(run=run)
+
+
+def _run_options(p: argparse.ArgumentParser, configs: str, output: str, steps: str) -> None:
+    """The options ``train`` and ``train meta`` share (config, run folder, cache, steps, device, export)."""
+    p.add_argument("--config", type=Path, required=True, help=f"TOML config ({configs})")
+    p.add_argument("--output", type=Path, required=True, help=f"run folder: {output}")
     p.add_argument("--cache", type=Path, default=None, help="prepare cache (default: the prepare default)")
-    p.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
+    p.add_argument("--steps", type=int, default=None, help=f"total {steps} to reach (default: the config's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--export", type=Path, default=None,
                    help="afterwards, write the renderer's fp16 safetensors weights here (rank 0)")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,13 +95,7 @@ def add_meta(sub: argparse._SubParsersAction) -> None:
                                    "train split) so that 'avatar-engine enroll' adapts to a new person in fewer "
                                    "steps. Resumable (run it again with the same --output); DDP under torchrun. "
                                    "Also spelt 'avatar-engine train meta'.")
-    p.add_argument("--config", type=Path, required=True, help="TOML config (configs/meta_lite.toml)")
-    p.add_argument("--output", type=Path, required=True, help="run folder: checkpoint, meta log")
-    p.add_argument("--cache", type=Path, default=None, help="prepare cache (default: the prepare default)")
-    p.add_argument("--steps", type=int, default=None, help="total outer steps to reach (default: the config's)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    p.add_argument("--export", type=Path, default=None, help="afterwards, write the fp16 safetensors weights here")
+    _run_options(p, "configs/meta_lite.toml", "checkpoint, meta log", "outer steps")
     p.set_defaults(run=run_meta)
 
 
