@@ -99,13 +99,9 @@ class NeuralRenderer(Renderer):
 
 def create_neural_renderer(device: torch.device | str = "cpu", **kwargs) -> Renderer:
     """A :class:`NeuralRenderer`, or, when its weights are missing or corrupt, a :class:`MeshRenderer`
-    with a warning (logger ``avatar_engine``). Other ``weights`` (a profile's) that fail give a warning
-    and the shipped base model."""
+    with a warning (logger ``avatar_engine``)."""
     try:
         return NeuralRenderer(device, **kwargs)
     except WeightsError as exc:
-        if kwargs.get("weights") is not None and kwargs.get("model") is None:
-            log.warning("%s; using the base model", exc)
-            return create_neural_renderer(device)
         log.warning("%s; falling back to the mesh renderer", exc)
         return MeshRenderer(device)

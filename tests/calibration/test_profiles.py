@@ -162,14 +162,3 @@ def test_live_session_gets_a_warning_and_the_base_model(store, caplog):
     with caplog.at_level(logging.WARNING, logger="avatar_engine"):
         assert profile_weights("alice", store.root, live=True) is None
     assert "using the base model" in caplog.text
-
-
-def test_renderer_falls_back_to_the_base_model_when_profile_weights_break(tmp_path, caplog):
-    from avatar_engine.renderers import create_renderer
-    from avatar_engine.renderers.neural import NeuralRenderer
-
-    bad = tmp_path / "w.safetensors"
-    bad.write_bytes(b"not a safetensors file")
-    with caplog.at_level(logging.WARNING, logger="avatar_engine"):
-        r = create_renderer("neural", "cpu", weights=bad)
-    assert isinstance(r, NeuralRenderer) and "using the base model" in caplog.text
