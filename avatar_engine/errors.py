@@ -33,3 +33,7 @@ class WeightsError(AvatarError):
 
 class CameraError(AvatarError):
     """A camera could not be opened or stopped delivering frames."""
+
+
+class ProfileError(AvatarError):
+    """An enrollment profile is missing, corrupt or does not fit this version."""

@@ -115,7 +115,8 @@ class LiveEngine:
         try:
             camera.open()
             source = prepare_source(cfg.source, SourceConfig(size=cfg.size))
-            reenactor = Reenactor(source, create_renderer(cfg.renderer, cfg.device, backend=cfg.backend), cfg.reenact)
+            reenactor = Reenactor(source, create_renderer(cfg.renderer, cfg.device, backend=cfg.backend,
+                                                          **cfg.renderer_options), cfg.reenact)
             neutral_frame = neutral_avatar(reenactor)
             outputs.open(neutral_frame, self.controls, lambda: self.stats.snapshot(_dropped(capture)),
                          on_close=lambda: self.stop("window closed"))

@@ -44,6 +44,7 @@ class LiveConfig:
         capture: camera reconnection policy.
         reenact: driving pipeline options (expression scale, paste-back, smoothing, super-resolution).
         handle_signals: turn SIGINT/SIGTERM into a clean stop (only when run from the main thread).
+        renderer_options: keyword arguments of ``create_renderer`` (e.g. ``weights``: a profile's weights).
     """
 
     source: str | Path | np.ndarray
@@ -72,6 +73,7 @@ class LiveConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     reenact: ReenactConfig = field(default_factory=ReenactConfig)
     handle_signals: bool = True
+    renderer_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.size not in (256, 512):

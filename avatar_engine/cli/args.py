@@ -11,8 +11,9 @@ from pathlib import Path
 from avatar_engine.config import DEFAULT_RENDERER
 from avatar_engine.errors import AvatarError
 
-__all__ = ["DEFAULT_RENDERER", "RENDERER_CHOICES", "BACKEND_CHOICES", "add_source", "add_backend", "add_camera", "add_avatar", "add_expression",
-           "add_neutral", "set_threads", "reenact_from_args", "size_arg"]
+__all__ = ["DEFAULT_RENDERER", "RENDERER_CHOICES", "BACKEND_CHOICES", "add_source", "add_backend", "add_camera",
+           "add_avatar", "add_expression", "add_neutral", "add_profile", "renderer_options", "set_threads",
+           "reenact_from_args", "size_arg"]
 
 RENDERER_CHOICES = ("mesh", "neural", "source")
 """Names of :func:`avatar_engine.renderers.create_renderer` offered on the command line."""
@@ -74,6 +75,31 @@ def add_neutral(g: argparse._ActionsContainer) -> None:
                    help="skip the 'look at the camera' neutral-pose step (the first face frame becomes the neutral "
                         "pose)")
     g.add_argument("--no-calibrate", dest="neutral_pose", action="store_false", help=argparse.SUPPRESS)
+
+
+def add_profile(g: argparse._ActionsContainer) -> None:
+    """``--profile NAME --profiles-dir DIR``: render with an enrolled profile's personalized weights."""
+    g.add_argument("--profile", default=None, metavar="NAME",
+                   help="personalized weights of this enrollment profile (avatar-engine enroll; neural renderer)")
+    g.add_argument("--profiles-dir", type=Path, default=None,
+                   help="where profiles live (default: $XDG_DATA_HOME/avatar-engine/profiles)")
+
+
+def renderer_options(args: argparse.Namespace) -> dict:
+    """``create_renderer`` keyword arguments of the parsed options: ``{"weights": path}`` for ``--profile``.
+
+    Raises:
+        ProfileError: the profile is missing, corrupt or mismatched. AvatarError: --profile with a renderer
+            other than neural.
+    """
+    name = getattr(args, "profile", None)
+    if name is None:
+        return {}
+    if args.renderer != "neural":
+        raise AvatarError(f"--profile needs the neural renderer (got --renderer {args.renderer})")
+    from calibration.profiles import profile_weights
+
+    return {"weights": profile_weights(name, args.profiles_dir)}
 
 
 def set_threads(threads: int | None) -> None:

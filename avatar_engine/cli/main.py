@@ -13,14 +13,15 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from avatar_engine.cli import doctor, evaluate, prepare, render, serve, start, train
+from avatar_engine.cli import doctor, enroll, evaluate, prepare, profiles, render, serve, start, train
 from avatar_engine.cli.stderr_filter import filtered_stderr
 from avatar_engine.errors import AvatarError
 
 __all__ = ["main", "build_parser"]
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, serve.add)
+    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, train.add_meta, serve.add,
+    enroll.add, profiles.add)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _join_compound(argv: list[str]) -> list[str]:
-    """``train sr ...`` is another spelling of ``train-sr ...``."""
+    """``train sr ...`` / ``train meta ...`` are other spellings of ``train-sr ...`` / ``train-meta ...``."""
     for i, word in enumerate(argv):
         if not word.startswith("-"):
-            if word == "train" and argv[i + 1: i + 2] == ["sr"]:
-                return [*argv[:i], "train-sr", *argv[i + 2:]]
+            if word == "train" and argv[i + 1: i + 2] in (["sr"], ["meta"]):
+                return [*argv[:i], f"train-{argv[i + 1]}", *argv[i + 2:]]
             break
     return argv
 

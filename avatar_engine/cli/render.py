@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from avatar_engine.cli.args import add_avatar, add_expression, add_source, reenact_from_args, set_threads
+from avatar_engine.cli.args import (add_avatar, add_expression, add_profile, add_source, reenact_from_args,
+                                    renderer_options, set_threads)
 
 __all__ = ["add"]
 
@@ -19,6 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, type=Path, help="output mp4")
     add_avatar(p, what="write")
     add_expression(p)
+    add_profile(p)
     p.add_argument("--no-audio", dest="audio", action="store_false", help="do not copy the driving clip's audio")
     p.add_argument("--max-frames", type=int, default=None, help="render at most N frames")
     p.set_defaults(run=run)
@@ -30,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     report = render_video(RenderJobConfig(
         source=args.source, driving=args.driving, output=args.output, renderer=args.renderer, size=args.size,
-        device=args.device, backend=args.backend, audio=args.audio, max_frames=args.max_frames, progress=sys.stderr.isatty(),
-        reenact=reenact_from_args(args)))
+        device=args.device, backend=args.backend, audio=args.audio, max_frames=args.max_frames,
+        progress=sys.stderr.isatty(), reenact=reenact_from_args(args), renderer_options=renderer_options(args)))
     audio = "with audio" if report.has_audio else "no audio"
     print(f"wrote {report.output}: {report.frames} frames, {report.width}x{report.height} @ {report.fps:.2f} fps, "
           f"{audio}, {report.frames / max(report.seconds, 1e-9):.1f} frames/s")

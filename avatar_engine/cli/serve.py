@@ -5,7 +5,8 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from avatar_engine.cli.args import add_avatar, add_camera, add_expression, add_neutral, add_source, reenact_from_args
+from avatar_engine.cli.args import (add_avatar, add_camera, add_expression, add_neutral, add_profile, add_source,
+                                    reenact_from_args, renderer_options)
 from avatar_engine.errors import AvatarError
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_avatar(g, what="send")
     add_expression(g)
     add_neutral(g)
+    add_profile(g)
     g.add_argument("--max-side", type=int, default=720,
                    help="scale sent frames down to this longer side (default: %(default)s)")
     g = p.add_argument_group("audio")
@@ -68,8 +70,8 @@ def server_config(args: argparse.Namespace, camera: CameraSource | None = None) 
         live = LiveConfig(
             source=args.source, camera=0 if camera is None else camera, renderer=args.renderer, size=args.size,
             device=args.device, backend=args.backend, threads=args.threads, preview=False,
-            virtual_camera=args.virtual_camera,
-            neutral_pose=args.neutral_pose, reenact=reenact_from_args(args), handle_signals=False)
+            virtual_camera=args.virtual_camera, neutral_pose=args.neutral_pose, reenact=reenact_from_args(args),
+            handle_signals=False, renderer_options=renderer_options(args))
         return ServerConfig(
             live=live, local=camera is not None, host=args.host, port=args.port, token=args.token,
             audio=args.audio, audio_device=audio_device, max_sessions=args.max_sessions, ice_servers=args.stun,
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.capture import list_cameras, open_camera
     from runtime.server import serve
 
+    renderer_options(args)  # a bad profile is reported before the camera opens
     camera = None
     if args.local:
         if args.camera is None and not list_cameras():

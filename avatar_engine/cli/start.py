@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from avatar_engine.cli.args import (add_avatar, add_camera, add_expression, add_neutral, add_source, reenact_from_args,
-                                    size_arg)
+from avatar_engine.cli.args import (add_avatar, add_camera, add_expression, add_neutral, add_profile, add_source,
+                                    reenact_from_args, renderer_options, size_arg)
 
 __all__ = ["add"]
 
@@ -24,6 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_avatar(g)
     add_expression(g)
     add_neutral(g)
+    add_profile(g)
     g = p.add_argument_group("outputs")
     g.add_argument("--no-preview", dest="preview", action="store_false", help="no preview window")
     g.add_argument("--virtual-camera", action=argparse.BooleanOptionalAction, default=True,
@@ -46,6 +47,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from runtime.capture import open_camera
 
+    options = renderer_options(args)  # a bad profile is reported before the camera opens
     # the camera first, before the models load: a missing camera is reported at once
     camera = open_camera(args.camera, args.width, args.height, args.fps, args.loop, args.realtime)
     camera.open()
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, backend=args.backend, threads=args.threads, preview=args.preview,
         virtual_camera=args.virtual_camera, vcam=vcam, output=args.output, output_fps=args.output_fps,
         neutral_pose=args.neutral_pose, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
-        reenact=reenact_from_args(args))
+        reenact=reenact_from_args(args), renderer_options=options)
     report = LiveEngine(config).run()
     print(report.summary())
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from avatar_engine.cli.args import set_threads
 
-__all__ = ["add", "add_sr"]
+__all__ = ["add", "add_sr", "add_meta"]
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +17,20 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "'prepare' cache: warp stage, then warp + refine. Re-running with the same "
                                    "--output resumes. Under torchrun (e.g. torchrun --nproc-per-node 8 "
                                    "$(which avatar-engine) train ...) it trains with DistributedDataParallel.")
-    p.add_argument("--config", type=Path, required=True, help="TOML config (configs/neural_lite.toml, neural_full.toml)")
-    p.add_argument("--output", type=Path, required=True, help="run folder: checkpoint, loss log, samples")
+    _run_options(p, "configs/neural_lite.toml, neural_full.toml", "checkpoint, loss log, samples", "steps")
+    p.set_defaults(run=run)
+
+
+def _run_options(p: argparse.ArgumentParser, configs: str, output: str, steps: str) -> None:
+    """The options ``train`` and ``train meta`` share (config, run folder, cache, steps, device, export)."""
+    p.add_argument("--config", type=Path, required=True, help=f"TOML config ({configs})")
+    p.add_argument("--output", type=Path, required=True, help=f"run folder: {output}")
     p.add_argument("--cache", type=Path, default=None, help="prepare cache (default: the prepare default)")
-    p.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
+    p.add_argument("--steps", type=int, default=None, help=f"total {steps} to reach (default: the config's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--export", type=Path, default=None,
                    help="afterwards, write the renderer's fp16 safetensors weights here (rank 0)")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,4 +86,33 @@ def run_sr(args: argparse.Namespace) -> int:
     losses = ", ".join(f"{k} {v:.4f}" for k, v in report.last_losses.items())
     print(f"wrote {report.weights}: {report.steps} steps in {report.seconds:.0f} s; last losses: {losses}; "
           f"{report.flops_per_frame / 1e9:.2f} GFLOP per streamed frame")
+    return 0
+
+
+def add_meta(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-meta", help="Reptile meta-training of the neural renderer for fast personalization",
+                       description="Meta-train the base weights with Reptile (one task = one identity of the "
+                                   "train split) so that 'avatar-engine enroll' adapts to a new person in fewer "
+                                   "steps. Resumable (run it again with the same --output); DDP under torchrun. "
+                                   "Also spelt 'avatar-engine train meta'.")
+    _run_options(p, "configs/meta_lite.toml", "checkpoint, meta log", "outer steps")
+    p.set_defaults(run=run_meta)
+
+
+def run_meta(args: argparse.Namespace) -> int:
+    from avatar_engine.data.prepare import default_cache_dir
+    from calibration.reptile import export_meta_weights, load_meta_config, meta_train
+
+    set_threads(args.threads)
+    report = meta_train(load_meta_config(args.config), args.cache or default_cache_dir(), args.output,
+                        steps=args.steps, device=args.device, progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    inner = " -> ".join(f"{v:.4f}" for v in report.last_losses)
+    print(f"outer step {report.steps} ({report.steps_this_run} this run, {report.seconds:.0f} s); last inner "
+          f"losses {inner or '-'}" + (f"; val held-back loss {report.last_val:.4f}" if report.last_val is not None
+                                     else ""))
+    if args.export is not None:
+        export_meta_weights(report.checkpoint, args.export)
+        print(f"wrote {args.export}")
     return 0

@@ -29,6 +29,7 @@ class RenderJobConfig:
         size: face-crop side the renderer works at (256 or 512).
         device: torch device. backend: inference backend (``avatar_engine.backends.BACKEND_CHOICES``). audio: mux the driving clip's audio. max_frames: stop early.
         progress: show a progress bar.
+        renderer_options: keyword arguments of ``create_renderer`` (e.g. ``weights``: a profile's weights).
     """
 
     source: Path
@@ -42,6 +43,7 @@ class RenderJobConfig:
     max_frames: int | None = None
     progress: bool = True
     reenact: ReenactConfig = field(default_factory=ReenactConfig)
+    renderer_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +70,7 @@ def render_video(cfg: RenderJobConfig) -> RenderReport:
     start = time.perf_counter()
     info = probe_video(cfg.driving)
     source = prepare_source(cfg.source, SourceConfig(size=cfg.size))
-    renderer = create_renderer(cfg.renderer, cfg.device, backend=cfg.backend)
+    renderer = create_renderer(cfg.renderer, cfg.device, backend=cfg.backend, **cfg.renderer_options)
     total = info.frames if cfg.max_frames is None else min(info.frames, cfg.max_frames)
     out_h, out_w = source.image.shape[:2] if cfg.reenact.paste_back else (cfg.size, cfg.size)
     audio_from = cfg.driving if (cfg.audio and info.has_audio) else None

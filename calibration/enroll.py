@@ -1,0 +1,124 @@
+"""``avatar-engine enroll``: guided capture -> prepared frames -> personalized weights -> profile.
+
+:func:`enroll` chains :func:`calibration.capture.run_capture`, :func:`calibration.personalize.prepare_capture`,
+:func:`calibration.personalize.personalize` and :meth:`calibration.profiles.ProfileStore.write`. The
+capture video and the prepared crops live in a temporary folder that is removed afterwards: a
+profile keeps the weights, the neutral landmarks, the source photo and the contact sheet only.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from avatar_engine.face.landmarks import detect_source_landmarks
+from avatar_engine.io.image import read_image, write_image
+from avatar_engine.models.base_model import save_weights
+from calibration.capture import CaptureConfig, CaptureResult, FrameSource, Preview, run_capture
+from calibration.personalize import PersonalizeConfig, PersonalizeResult, personalize, prepare_capture
+from calibration.profiles import Profile, ProfileStore, check_name, file_sha256
+
+__all__ = ["EnrollConfig", "EnrollReport", "enroll"]
+
+log = logging.getLogger("avatar_engine")
+
+
+@dataclass
+class EnrollConfig:
+    """One enrollment.
+
+    Attributes:
+        name: profile name. source_photo: the photo the avatar shows (None: the capture's best frontal frame).
+        capture_label: how the capture is described in ``profile.toml`` (``camera 0``, ``video clip.mp4``).
+        capture, personalize: the two stages' options.
+    """
+
+    name: str
+    source_photo: Path | None = None
+    capture_label: str = "camera"
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+
+
+@dataclass
+class EnrollReport:
+    """What :func:`enroll` did: the profile written, the capture, the personalization, stage seconds."""
+
+    profile: Profile
+    capture: CaptureResult
+    result: PersonalizeResult
+    seconds: dict[str, float]
+
+    def lines(self) -> list[str]:
+        r, c, s = self.result, self.capture, self.seconds
+        out = [f"capture: {c.frames_kept} of {c.frames_seen} frames usable ({c.seconds:.0f} s)"
+               + ("; rejected: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.rejected.items())
+                  if c.rejected else ""),
+               f"adapted {r.adapt.steps} steps in {r.adapt.seconds:.0f} s on {r.frames_adapt} frames from "
+               f"{r.init.name}; scored on {r.frames_held} held-back frames:"]
+        for key, label, unit in (("psnr", "PSNR", " dB"), ("mouth_l1", "mouth L1", ""),
+                                 ("identity_distance", "identity distance", ""), ("heldout_loss", "loss", "")):
+            out.append(f"  {label:<18} before {r.before[key]:.4f}{unit}  after {r.after[key]:.4f}{unit}")
+        out.append(f"stages: capture {s['capture']:.0f} s, prepare {s['prepare']:.0f} s, "
+                   f"personalize {s['personalize']:.0f} s")
+        out.append(f"profile {self.profile.name!r} written to {self.profile.path}")
+        return out
+
+
+def _metrics_table(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 5) for k, v in values.items()}
+
+
+def enroll(config: EnrollConfig, camera: FrameSource, store: ProfileStore, preview: Preview | None = None,
+           progress: Callable[[int, int, float, float], None] | None = None, identity_encoder=None) -> EnrollReport:
+    """Capture, personalize and save profile ``config.name`` (replacing an older one only when complete).
+
+    Raises:
+        ProfileError: a bad name. NoFaceError / ImageReadError: a bad source photo (checked first).
+        CaptureCancelled, AvatarError: the capture was cancelled or had too few usable frames.
+    """
+    check_name(config.name)
+    photo = None
+    if config.source_photo is not None:
+        photo = read_image(config.source_photo)
+        detect_source_landmarks(photo, what=str(config.source_photo))
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="avatar-enroll-") as work:
+        t = time.perf_counter()
+        cap = run_capture(camera, Path(work) / "capture.mp4", config.capture, preview)
+        seconds["capture"] = time.perf_counter() - t
+        t = time.perf_counter()
+        clips = prepare_capture(cap.video, Path(work), identity=config.name)
+        seconds["prepare"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result = personalize(clips, config.personalize, progress, identity_encoder)
+        seconds["personalize"] = time.perf_counter() - t
+    a = config.personalize.adapt
+    meta = {
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": str(config.source_photo.resolve()) if config.source_photo is not None else "capture (best frontal frame)",
+        "capture": config.capture_label,
+        "base_weights": result.init.name,
+        "base_weights_sha256": file_sha256(result.init),
+        "adapt": {"params": a.params, "steps": result.adapt.steps, "seconds": round(result.adapt.seconds, 2),
+                  "lr": a.lr, "batch_size": a.batch_size, "frames_adapt": result.frames_adapt,
+                  "frames_held_back": result.frames_held},
+        "metrics": {"before": _metrics_table(result.before), "after": _metrics_table(result.after)},
+    }
+
+    def fill(folder: Path) -> None:
+        save_weights(result.model, folder / "weights.safetensors",
+                     {"kind": "personalized", "profile": config.name, "base_sha256": meta["base_weights_sha256"]},
+                     half=True)
+        np.save(folder / "neutral_landmarks.npy", cap.source_landmarks.astype(np.float32))
+        write_image(folder / "source.png", photo if photo is not None else cap.source_frame)
+        write_image(folder / "contact_sheet.png", result.sheet)
+
+    profile = store.write(config.name, meta, fill)
+    return EnrollReport(profile, cap, result, seconds)
