@@ -165,6 +165,13 @@ def warp_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _signed_area(tri: torch.Tensor) -> torch.Tensor:
+    """Signed areas of triangles ``(..., 3, 2)`` -> ``(...)``: the sign is the orientation of the vertex order."""
+    e1 = tri[..., 1, :] - tri[..., 0, :]
+    e2 = tri[..., 2, :] - tri[..., 0, :]
+    return 0.5 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0])
+
+
 def _split_loop(loop: Sequence[int], a: int, b: int) -> Tuple[List[int], List[int]]:
     """A closed loop through ``a`` and ``b`` -> its two chains, each running from ``a`` to ``b``."""
     loop = [int(v) for v in loop]
@@ -455,6 +462,19 @@ class MeshWarp:
         n_bt = tgt.shape[0] * self.num_triangles
         tri = torch.where(owner == n_bt, torch.full_like(owner, -1), owner % self.num_triangles)
         return tri.view(tgt.shape[0], self.flow_size, self.flow_size)
+
+    def flipped_triangles(self, target_points: TensorLike, min_area: float = 1e-3) -> torch.Tensor:
+        """Which triangles the target turns over: ``(B, 478, 2|3)`` px -> ``(B, T)`` bool.
+
+        A triangle is flipped when its signed 2-D area in the target has the opposite sign of its area in
+        the source and more than ``min_area`` square pixels in size. Face-surface triangles turn over
+        naturally on the far side of a turned head (the depth order hides them); a flipped *exterior*
+        triangle (``~is_face_triangle``) is a fold of the background bands: hair or background sampled
+        mirrored, the smear of an over-stretched mesh.
+        """
+        verts = self.target_vertices(target_points)[:, self.triangles]  # (B, T, 3, 2)
+        src = self.source_vertices[self.triangles]  # (T, 3, 2)
+        return (_signed_area(verts) * torch.sign(_signed_area(src)) < -min_area)
 
     def warp(self, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """``image (B, C, S, S)`` sampled with ``grid (B, S, S, 2)`` -> ``(B, C, S, S)`` (see warp_image)."""

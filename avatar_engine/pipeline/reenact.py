@@ -148,7 +148,7 @@ class Reenactor:
         points = self.detector.detect(rgb, t)
         t1 = time.perf_counter()
         timings["landmarks"] = (t1 - t0) * 1e3
-        target = self._next_target(points, t)
+        target = self.target(points, t)
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
         crop = self.renderer.render(self.render_source, target)
@@ -174,8 +174,16 @@ class Reenactor:
         timings["paste"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(frame, crop, target, rendered.driving, rendered.driving is not None, timings)
 
-    def _next_target(self, points: np.ndarray | None, t: float) -> np.ndarray:
-        """Retarget, or hold/ease when no face is in view. Returns ``(478, 3)``."""
+    def target(self, points: np.ndarray | None, t: float) -> np.ndarray:
+        """The landmarks to render for one frame's driving landmarks (the retargeting step of :meth:`render`).
+
+        Args:
+            points: ``(478, 3)`` driving landmarks (driving-frame pixels), or None when the frame has no face
+                (then the last pose is held, then eased back to the source's neutral).
+            t: frame time in seconds (increasing).
+        Returns:
+            ``(478, 3) float32`` target landmarks in the render source's crop pixels.
+        """
         cfg = self.config
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
