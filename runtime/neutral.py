@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar_engine.face.landmarks import face_bbox
+from avatar_engine.geometry.head_pose import neutral_pose_problem
 
 __all__ = ["NeutralConfig", "GUIDE_CENTRE", "guide_box", "neutral_problem", "NeutralGuide", "NeutralPoseStep"]
 
@@ -173,6 +174,9 @@ class NeutralPoseStep:
         problem = neutral_problem(points, frame_size, cfg)
         if problem is not None:
             self.hint = problem
+            self._window.clear()
+        elif (turned := neutral_pose_problem(points)) is not None:  # issue #13: face the camera (> ~15 deg)
+            self.hint = turned
             self._window.clear()
         elif speed > cfg.max_speed:
             self.hint = "hold still"
