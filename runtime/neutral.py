@@ -2,7 +2,7 @@
 
 The avatar moves by how the driver's face differs from their neutral, so the neutral should be a
 relaxed, centred, still, front-facing face. :func:`neutral_problem` says whether one frame's face is
-acceptable as a neutral (inside the guide box, of a sensible size); :class:`NeutralPoseStep` feeds it
+acceptable as a neutral (inside the guide box, of a sensible size, facing the camera); :class:`NeutralPoseStep` feeds it
 the tracked landmarks of every frame and collects about ``duration_s`` seconds of acceptable frames
 in which the face is also still; the neutral is the per-point median of those frames (robust to a blink).
 If that does not happen within ``timeout_s`` of seeing a face (a user who sits off-centre, a
@@ -84,7 +84,7 @@ def neutral_problem(points: np.ndarray, frame_size: tuple[int, int], config: Neu
         return "come closer"
     if height > config.max_height:
         return "move back a little"
-    return None
+    return neutral_pose_problem(points)  # issue #13: a head turned more than ~15 deg is asked to face the camera
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,6 @@ class NeutralPoseStep:
         problem = neutral_problem(points, frame_size, cfg)
         if problem is not None:
             self.hint = problem
-            self._window.clear()
-        elif (turned := neutral_pose_problem(points)) is not None:  # issue #13: face the camera (> ~15 deg)
-            self.hint = turned
             self._window.clear()
         elif speed > cfg.max_speed:
             self.hint = "hold still"

@@ -6,7 +6,7 @@ from scipy.spatial.transform import Rotation
 
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.io.video import iter_frames
-from runtime.neutral import NeutralCalibrator, NeutralConfig
+from runtime.neutral import NeutralPoseStep, NeutralConfig
 
 
 def test_turned_head_gets_a_face_the_camera_hint(data_dir):
@@ -15,7 +15,7 @@ def test_turned_head_gets_a_face_the_camera_hint(data_dir):
         for rgb, t in iter_frames(data_dir / "clips/val/P004/C018.mp4", max_frames=40):
             frames.append((det.detect(rgb, t), t))
     rot = Rotation.from_euler("y", 30, degrees=True).as_matrix()
-    cal = NeutralCalibrator(NeutralConfig(duration_s=0.5, timeout_s=100.0))
+    cal = NeutralPoseStep(NeutralConfig(duration_s=0.5, timeout_s=100.0))
     cal.start()
     for pts, t in frames[:20]:  # turned by 30°: refused, with the hint in the overlay
         centre = pts.mean(0)
