@@ -2,8 +2,8 @@
 
 The avatar moves by how the driver's face differs from their neutral, so the neutral should be a
 relaxed, centred, still, front-facing face. :func:`neutral_problem` says whether one frame's face is
-acceptable as a neutral (inside the guide box, of a sensible size, facing the camera);
-:class:`NeutralPoseStep` feeds it the tracked landmarks of every frame and collects about ``duration_s`` seconds of acceptable frames
+acceptable as a neutral (inside the guide box, of a sensible size); :class:`NeutralPoseStep` feeds it
+the tracked landmarks of every frame and collects about ``duration_s`` seconds of acceptable frames
 in which the face is also still; the neutral is the per-point median of those frames (robust to a blink).
 If that does not happen within ``timeout_s`` of seeing a face (a user who sits off-centre, a
 talking clip), the median of the last ``duration_s`` of face frames is taken, with a warning.
