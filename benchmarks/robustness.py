@@ -2,6 +2,7 @@
 
     python benchmarks/robustness.py [--data ../shared/data] [--splits train val] [--photos I036 I045]
         [--renderers mesh neural] [--every 3] [--max-scored 24] [--clips C122 ...] [--output DIR]
+    python benchmarks/robustness.py --merge DIR1 DIR2 ... --output DIR   (runs over disjoint --clips)
 
 Drives each photo with every clip of the splits, the way ``avatar-engine render`` does (tracking
 landmarks on every frame, the render command's neutral choice, the pipeline's retargeting with its
@@ -190,6 +191,63 @@ def contact_sheet(rows: list[list[np.ndarray]], blocks: int = 3) -> np.ndarray:
     return np.concatenate(cols[:-1], axis=1)
 
 
+def _merge_totals(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Totals over the clips of several runs (shards): counts summed, identity mean weighted, max of maxima."""
+    totals: dict[str, dict[str, float]] = {}
+    for res in results:
+        for entry in res["clips"].values():
+            for key, v in entry.items():
+                if not isinstance(v, dict):
+                    continue
+                t = totals.setdefault(key, {"frames": 0, "no_face": 0, "id_over": 0, "fold": 0, "outside": 0,
+                                            "id_sum": 0.0, "id_n": 0, "id_max": -math.inf})
+                for k in ("frames", "no_face", "id_over", "fold", "outside"):
+                    t[k] += v[k]
+                n = v["frames"] - v["no_face"]
+                if n and not math.isnan(v["id_mean"]):
+                    t["id_sum"] += v["id_mean"] * n
+                    t["id_n"] += n
+                    t["id_max"] = max(t["id_max"], v["id_max"])
+    for t in totals.values():
+        t["id_mean"] = t.pop("id_sum") / max(t.pop("id_n"), 1)
+    return totals
+
+
+def write_report(output: Path, results: list[dict], sheets: list[np.ndarray]) -> None:
+    """``robustness.md`` (and ``worst_frames.png``) in ``output`` for one run or several shards of one."""
+    opts = results[0]["options"]
+    clips = {c: e for res in results for c, e in res["clips"].items()}
+    lines = [f"Robustness sweep: {len(clips)} clips of {', '.join(opts['splits'])}; photos {', '.join(opts['photos'])}; "
+             f"every {opts['every']}-th frame or sparser, at most {opts['max_scored']} scored per clip; "
+             f"neutral: {opts['neutral']}.",
+             "Machine: " + "; ".join(f"{r['machine']}, load {r['load'][0]:.1f}, {r['seconds']:.0f} s" for r in results),
+             "", "| photo/renderer | scored frames | no face | id > 0.6 | fold frames | face outside crop | mean id | max id |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k, t in _merge_totals(results).items():
+        lines.append(f"| {k} | {t['frames']} | {t['no_face']} | {t['id_over']} | {t['fold']} | {t['outside']} | "
+                     f"{t['id_mean']:.3f} | {t['id_max']:.3f} |")
+    failing = [c for c, e in clips.items() if "error" in e or any(
+        isinstance(v, dict) and (v["no_face"] or v["id_over"]) for v in e.values())]
+    folding = [c for c, e in clips.items() if any(isinstance(v, dict) and v["fold"] for v in e.values())]
+    lines += ["", f"Clips with a frame without a face or id > 0.6: {', '.join(failing) or 'none'}",
+              f"Clips with a folding frame: {', '.join(folding) or 'none'}"]
+    (output / "robustness.md").write_text("\n".join(lines) + "\n")
+    if sheets:
+        width = max(s.shape[1] for s in sheets)
+        padded = [np.pad(s, ((0, 8), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in sheets]
+        cv2.imwrite(str(output / "worst_frames.png"), cv2.cvtColor(np.concatenate(padded), cv2.COLOR_RGB2BGR))
+    print("\n".join(lines))
+
+
+def merge(output: Path, shards: list[Path]) -> None:
+    """Combine the outputs of runs over disjoint clip sets (``--clips``) into one report in ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    results = [json.loads((d / "robustness.json").read_text()) for d in shards]
+    sheets = [cv2.cvtColor(cv2.imread(str(d / "worst_frames.png")), cv2.COLOR_BGR2RGB) for d in shards
+              if (d / "worst_frames.png").exists()]
+    write_report(output, results, sheets)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -203,7 +261,12 @@ def main() -> int:
                     help="auto: the render command's neutral choice; first: the first face frame")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output", type=Path, default=Path("robustness_out"))
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="only combine the outputs of earlier runs over disjoint --clips into --output")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.output, args.merge)
+        return 0
     torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
 
@@ -252,23 +315,7 @@ def main() -> int:
               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "totals": {k: t.summary() for k, t in totals.items()}, "clips": per_clip}
     (args.output / "robustness.json").write_text(json.dumps(result, indent=1, default=float))
-    lines = [f"Robustness sweep: {len(clips)} clips of {', '.join(args.splits)}; photos {', '.join(args.photos)}; "
-             f"every {args.every}th frame, at most {args.max_scored} scored per clip; neutral: {args.neutral}.",
-             f"Machine: {result['machine']}; load {result['load'][0]:.1f}; {result['seconds']:.0f} s.", "",
-             "| photo/renderer | scored frames | no face | id > 0.6 | fold frames | face outside crop | mean id | max id |",
-             "|---|---|---|---|---|---|---|---|"]
-    for k, t in totals.items():
-        s = t.summary()
-        lines.append(f"| {k} | {s['frames']} | {s['no_face']} | {s['id_over']} | {s['fold']} | {s['outside']} | "
-                     f"{s['id_mean']:.3f} | {s['id_max']:.3f} |")
-    failing = [c for c, e in per_clip.items() if "error" in e or any(
-        isinstance(v, dict) and (v["no_face"] or v["id_over"]) for v in e.values())]
-    lines += ["", f"Clips with a frame without a face or id > 0.6: {', '.join(failing) or 'none'}"]
-    (args.output / "robustness.md").write_text("\n".join(lines) + "\n")
-    if rows:
-        sheet = contact_sheet(rows)
-        cv2.imwrite(str(args.output / "worst_frames.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    print("\n".join(lines))
+    write_report(args.output, [result], [contact_sheet(rows)] if rows else [])
     return 0
 
 
