@@ -18,7 +18,10 @@ Mesh (fixed topology, built once per source by :class:`MeshWarp`)
       stay inside the crop) and points along the crop border (the 4 corners included), joined oval ->
       ring -> ... -> border by angular "zipper" strips, so the whole crop is covered.
     Triangles follow the surface instead of the source's 2-D layout, so big head turns fold the mesh
-    consistently. Where the target mesh overlaps itself, layers decide (low to high): exterior bands
+    consistently. The exterior bands never fold (``WarpConfig.fold_free``): when a face moved or turned
+    towards the crop border would push a ring over the next one or over the border, the rings' motion
+    is cut or rebuilt between the face oval and the border (hair or background sampled mirrored would
+    smear). Where the target mesh overlaps itself, layers decide (low to high): exterior bands
     (outermost lowest), opening fills, irises, face surface; among surface triangles the one nearest the
     camera wins (smallest mean target z; without target z a fixed order from the source z, or the index).
 
