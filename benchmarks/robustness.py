@@ -248,6 +248,12 @@ def merge(output: Path, shards: list[Path]) -> None:
     write_report(output, results, sheets)
 
 
+def _result(args: argparse.Namespace, start: float, totals: dict[str, Tally], per_clip: dict) -> dict:
+    return {"machine": machine(args.threads), "load": os.getloadavg(), "seconds": time.time() - start,
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "totals": {k: t.summary() for k, t in totals.items()}, "clips": per_clip}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -306,14 +312,15 @@ def main() -> int:
                     worst_bad, worst_frame = bad, frame
         rows.append([_label(drv.thumbs[worst_frame], f"{clip.clip_id} f{worst_frame}")] + row_cells)
         per_clip[clip.clip_id] = entry
+        # written after every clip, so a long sweep that is stopped keeps what it measured
+        (args.output / "robustness.json").write_text(json.dumps(_result(args, start, totals, per_clip), indent=1,
+                                                                default=float))
         bad = {k: (v["no_face"], v["id_over"], v["fold"]) for k, v in entry.items() if isinstance(v, dict)
                and (v["no_face"] or v["id_over"] or v["fold"])}
         print(f"[{n + 1}/{len(clips)} {time.time() - start:.0f}s] {clip.clip_id}: {len(drv.scored)} scored"
               + (f"; (no face, id>0.6, fold): {bad}" if bad else ""), flush=True)
 
-    result = {"machine": machine(args.threads), "load": os.getloadavg(), "seconds": time.time() - start,
-              "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "totals": {k: t.summary() for k, t in totals.items()}, "clips": per_clip}
+    result = _result(args, start, totals, per_clip)
     (args.output / "robustness.json").write_text(json.dumps(result, indent=1, default=float))
     write_report(args.output, [result], [contact_sheet(rows)] if rows else [])
     return 0
