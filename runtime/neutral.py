@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar_engine.face.landmarks import face_bbox
+from avatar_engine.geometry.head_pose import neutral_pose_problem
 
 __all__ = ["NeutralConfig", "GUIDE_CENTRE", "guide_box", "neutral_problem", "NeutralGuide", "NeutralPoseStep"]
 
@@ -83,7 +84,7 @@ def neutral_problem(points: np.ndarray, frame_size: tuple[int, int], config: Neu
         return "come closer"
     if height > config.max_height:
         return "move back a little"
-    return None
+    return neutral_pose_problem(points)  # issue #13: a head turned more than ~15 deg is asked to face the camera
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,25 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_profile(p)
     p.add_argument("--no-audio", dest="audio", action="store_false", help="do not copy the driving clip's audio")
     p.add_argument("--max-frames", type=int, default=None, help="render at most N frames")
+    p.add_argument("--neutral-frame", type=int, default=None, metavar="N",
+                   help="driving frame (0-based) whose face is the neutral pose (default: the most frontal, "
+                        "still frame of the first 3 s; the choice is logged)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from avatar_engine.errors import AvatarError
     from avatar_engine.pipeline.render_job import RenderJobConfig, render_video
 
+    if args.neutral_frame is not None and args.neutral_frame < 0:
+        raise AvatarError(f"--neutral-frame must be >= 0, got {args.neutral_frame}")
     set_threads(args.threads)
     report = render_video(RenderJobConfig(
         source=args.source, driving=args.driving, output=args.output, renderer=args.renderer, size=args.size,
         device=args.device, backend=args.backend, audio=args.audio, max_frames=args.max_frames,
-        progress=sys.stderr.isatty(), reenact=reenact_from_args(args), renderer_options=renderer_options(args)))
+        progress=sys.stderr.isatty(), neutral_frame=args.neutral_frame, reenact=reenact_from_args(args),
+        renderer_options=renderer_options(args)))
     audio = "with audio" if report.has_audio else "no audio"
     print(f"wrote {report.output}: {report.frames} frames, {report.width}x{report.height} @ {report.fps:.2f} fps, "
-          f"{audio}, {report.frames / max(report.seconds, 1e-9):.1f} frames/s")
+          f"{audio}, {report.frames / max(report.seconds, 1e-9):.1f} frames/s; neutral pose: driving frame {report.neutral.index}")
     return 0

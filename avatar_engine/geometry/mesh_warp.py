@@ -18,7 +18,10 @@ Mesh (fixed topology, built once per source by :class:`MeshWarp`)
       stay inside the crop) and points along the crop border (the 4 corners included), joined oval ->
       ring -> ... -> border by angular "zipper" strips, so the whole crop is covered.
     Triangles follow the surface instead of the source's 2-D layout, so big head turns fold the mesh
-    consistently. Where the target mesh overlaps itself, layers decide (low to high): exterior bands
+    consistently. The exterior bands never fold (``WarpConfig.fold_free``): when a face moved or turned
+    towards the crop border would push a ring over the next one or over the border, the rings' motion
+    is cut or rebuilt between the face oval and the border (hair or background sampled mirrored would
+    smear). Where the target mesh overlaps itself, layers decide (low to high): exterior bands
     (outermost lowest), opening fills, irises, face surface; among surface triangles the one nearest the
     camera wins (smallest mean target z; without target z a fixed order from the source z, or the index).
 
@@ -84,6 +87,13 @@ class WarpConfig:
     flow_size: compute the flow at this resolution and upsample it bilinearly to S (None: at S).
     max_outside: target coordinates are clamped to ``[-max_outside * S, (1 + max_outside) * S]``.
     use_depth: resolve folds with the target z when the target points have 3 columns.
+    fold_free: keep the exterior bands from folding: when the rings' target positions would turn an
+        exterior triangle over (a face moved or turned far towards the crop border), each ring's
+        displacement is cut to the largest of ``fold_steps`` fractions that leaves none turned over, the
+        inner ring preferred; if every cut folds, the inner ring(s) are rebuilt from the target face oval as
+        the source's were (between the oval and the crop border), the others cut, with the crop border
+        points fixed or slid along the border with the head. Motions that fold nothing are unchanged.
+    fold_steps: the fractions tried, decreasing from 1 to 0.
     """
 
     ring_scales: Tuple[float, ...] = (1.25, 1.7)
@@ -97,6 +107,8 @@ class WarpConfig:
     flow_size: Optional[int] = None
     max_outside: float = 1.0
     use_depth: bool = True
+    fold_free: bool = True
+    fold_steps: Tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
 
     def __post_init__(self) -> None:
         n = len(self.ring_scales)
@@ -118,6 +130,8 @@ class WarpConfig:
             raise ValueError("flow_size must be >= 2 or None")
         if self.max_outside < 0:
             raise ValueError("max_outside must be >= 0")
+        if not self.fold_steps or self.fold_steps[0] != 1.0 or list(self.fold_steps) != sorted(self.fold_steps, reverse=True):
+            raise ValueError("fold_steps must decrease from 1.0")
 
 
 def pixels_to_grid(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -163,6 +177,13 @@ def warp_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     if grid.dtype != image.dtype:
         grid = grid.to(image.dtype)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _signed_area(tri: torch.Tensor) -> torch.Tensor:
+    """Signed areas of triangles ``(..., 3, 2)`` -> ``(...)``: the sign is the orientation of the vertex order."""
+    e1 = tri[..., 1, :] - tri[..., 0, :]
+    e2 = tri[..., 2, :] - tri[..., 0, :]
+    return 0.5 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0])
 
 
 def _split_loop(loop: Sequence[int], a: int, b: int) -> Tuple[List[int], List[int]]:
@@ -288,6 +309,10 @@ class MeshWarp:
         self.triangles = torch.as_tensor(tri, device=dev)
         self.is_face_triangle = torch.arange(len(tri), device=dev) >= n_exterior_tris
         self._surface = torch.arange(len(tri) - n_surface, len(tri), device=dev)
+        self._exterior_tris = self.triangles[:n_exterior_tris]
+        self._exterior_sign = torch.sign(_signed_area(torch.as_tensor(vertices, dtype=torch.float32,
+                                                                     device=dev)[self._exterior_tris]))
+        self._fold_grid = self._fold_candidates(len(config.ring_scales), len(ring_oval), len(border))
         self._fixed_prio = torch.as_tensor(prio, device=dev)
         edges = np.stack([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], axis=1)  # (T, 3, 2)
         edges.sort(axis=2)  # canonical orientation: shared edges are evaluated bit-identically
@@ -321,6 +346,10 @@ class MeshWarp:
         self._ring_lw = torch.as_tensor(np.repeat(config.ring_local_weights, len(ring_oval))[:, None],
                                         dtype=torch.float32, device=dev)
         self._border = torch.as_tensor(border, dtype=torch.float32, device=dev)
+        on_x_edge = (border[:, 1] == 0) | (border[:, 1] == s)  # top / bottom: slides along x
+        on_y_edge = (border[:, 0] == 0) | (border[:, 0] == s)
+        tangent = np.stack([on_x_edge & ~on_y_edge, on_y_edge & ~on_x_edge], 1).astype(np.float32)  # corners: 0
+        self._border_tangent = torch.as_tensor(tangent, device=dev)
         self._face_src = torch.as_tensor(face, dtype=torch.float32, device=dev)
 
         r = self.flow_size
@@ -426,7 +455,69 @@ class MeshWarp:
         return self._vertices(self._sanitize(target_points)[..., :2])
 
     def _vertices(self, xy: torch.Tensor) -> torch.Tensor:
-        return torch.cat([xy, self._iris_map @ xy, self._exterior(xy)], dim=1)
+        inner = torch.cat([xy, self._iris_map @ xy], dim=1)
+        exterior = self._exterior(xy)
+        if self.config.fold_free:
+            exterior = self._unfold(inner, exterior)
+        return torch.cat([inner, exterior], dim=1)
+
+    def _slide_border(self, inner: torch.Tensor) -> torch.Tensor:
+        """Border points ``(B, n_border, 2)`` moved along their crop edge with the head (fold fallback only).
+
+        Each point slides by the outer ring's share of the head motion at it, projected on its edge, at most
+        0.45 of the spacing of the border points (corners stay): the border keeps its order and covers the crop.
+        """
+        m, t = self._head_motion(inner[:, :N_FACE_POINTS])
+        head = self._border @ m.transpose(1, 2) + t[:, None] - self._border  # (B, n, 2)
+        move = (head * self._border_tangent).sum(-1, keepdim=True) * float(self.config.ring_weights[-1])
+        limit = 0.45 * self.size / self.config.border_points_per_side
+        return self._border + move.clamp(-limit, limit) * self._border_tangent
+
+    def _fold_candidates(self, n_rings: int, n_ray: int, n_border: int) -> torch.Tensor:
+        """``(C, K)`` per-exterior-point displacement fractions: every combination of ``fold_steps`` per ring
+        (border points 0), ordered by preference (inner ring first, larger fractions first)."""
+        steps = torch.as_tensor(self.config.fold_steps, dtype=torch.float32, device=self.device)
+        combos = torch.cartesian_prod(*[steps] * n_rings) if n_rings > 1 else steps[:, None]  # (C, n_rings)
+        per_point = combos.repeat_interleave(n_ray, dim=1)
+        return torch.cat([per_point, per_point.new_zeros(len(combos), n_border)], dim=1)
+
+    def _unfold(self, inner: torch.Tensor, exterior: torch.Tensor) -> torch.Tensor:
+        """Exterior points ``(B, K, 2)`` with each ring's displacement cut until no exterior triangle flips.
+
+        ``inner (B, 486, 2)``: landmarks and iris points. See ``WarpConfig.fold_free``.
+        """
+        src = self.source_vertices[N_FACE_POINTS + 4 * len(_IRISES):]  # (K, 2)
+        move = exterior - src
+        b_count, n_cand = inner.shape[0], len(self._fold_grid)
+        cand = src + self._fold_grid[:, None, :, None] * move[None]  # (C, B, K, 2)
+        verts = torch.cat([inner[None].expand(n_cand, -1, -1, -1), cand], dim=2)
+        flips = ((_signed_area(verts[:, :, self._exterior_tris]) * self._exterior_sign) < -1e-3).sum(-1)  # (C, B)
+        if not bool(flips[0].any()):
+            return exterior
+        rank = flips * n_cand + torch.arange(n_cand, device=self.device)[:, None]  # fewest flips, then preference
+        best = rank.argmin(dim=0)  # (B,)
+        out = cand[best, torch.arange(b_count, device=self.device)]
+        for item in torch.nonzero(flips.amin(dim=0) > 0).flatten().tolist():
+            # No cut helps (the face is near the border): rebuild the rings from the target face oval the way
+            # the source's were built (between the oval and the crop border, so they cannot cross either).
+            # Candidates: the first k rings rebuilt, the others cut as above.
+            rings, _, _ = _ring_points(inner[item].double().cpu().numpy(), self.config, float(self.size))
+            rings_t = torch.as_tensor(rings, dtype=out.dtype, device=self.device)
+            n_ray = len(rings) // len(self.config.ring_scales)
+            options = []
+            for k in range(1, len(self.config.ring_scales) + 1):
+                opt = cand[:, item].clone()  # (C, K, 2)
+                opt[:, : k * n_ray] = rings_t[: k * n_ray]
+                options.append(opt)
+            slid = torch.cat(options).clone()  # the same with the border points slid along the border
+            slid[:, len(rings):] = self._slide_border(inner[item : item + 1])[0]
+            opts = torch.cat(options + [slid])
+            verts = torch.cat([inner[item][None].expand(len(opts), -1, -1), opts], dim=1)[:, self._exterior_tris]
+            opt_flips = ((_signed_area(verts) * self._exterior_sign) < -1e-3).sum(-1)
+            k = int(opt_flips.argmin())
+            if int(opt_flips[k]) < int(flips[best[item], item]):
+                out[item] = opts[k]
+        return out
 
     def grid(self, target_points: TensorLike) -> torch.Tensor:
         """Sampling grid for ``target_points (B, 478, 2|3)`` (target crop px) -> ``(B, S, S, 2)``.
@@ -455,6 +546,19 @@ class MeshWarp:
         n_bt = tgt.shape[0] * self.num_triangles
         tri = torch.where(owner == n_bt, torch.full_like(owner, -1), owner % self.num_triangles)
         return tri.view(tgt.shape[0], self.flow_size, self.flow_size)
+
+    def flipped_triangles(self, target_points: TensorLike, min_area: float = 1e-3) -> torch.Tensor:
+        """Which triangles the target turns over: ``(B, 478, 2|3)`` px -> ``(B, T)`` bool.
+
+        A triangle is flipped when its signed 2-D area in the target has the opposite sign of its area in
+        the source and more than ``min_area`` square pixels in size. Face-surface triangles turn over
+        naturally on the far side of a turned head (the depth order hides them); a flipped *exterior*
+        triangle (``~is_face_triangle``) is a fold of the background bands: hair or background sampled
+        mirrored, the smear of an over-stretched mesh.
+        """
+        verts = self.target_vertices(target_points)[:, self.triangles]  # (B, T, 3, 2)
+        src = self.source_vertices[self.triangles]  # (T, 3, 2)
+        return (_signed_area(verts) * torch.sign(_signed_area(src)) < -min_area)
 
     def warp(self, image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """``image (B, C, S, S)`` sampled with ``grid (B, S, S, 2)`` -> ``(B, C, S, S)`` (see warp_image)."""

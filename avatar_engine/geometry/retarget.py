@@ -8,7 +8,23 @@ Relative motion in a pose-normalised frame (as LivePortrait and avatarify do it)
 * ``B``: the similarity that carries the driver's neutral face onto the source face; it brings the
   expression change into the source's head frame and scale: ``Y = X_s + s_B R_B E_t``.
 * head motion: the driver's motion since neutral, expressed around the source head:
-  ``target = (B . A_t . B^-1)(Y)``.
+  ``target = (B . A_t . B^-1)(Y)``, i.e. ``target = c_s + d_t + s_t Q_t (Y - c_s)`` with ``c_s`` the
+  source's head centre (the rigid points' centroid), ``d_t`` the driver's head-centre displacement
+  since neutral (in source pixels), ``s_t`` its scale change and ``Q_t = R_B R_t R_B^T`` its rotation.
+
+Limits (a driver can do anything; the source photo can only be warped so far). Rotation, head
+displacement and scale change are each eased through a soft knee (:func:`soft_limit`: unchanged
+below the knee, approaching the limit smoothly above it), taken about the head centre (so a clamped
+rotation never moves the face). Displacement is measured in source face extents
+(:func:`~avatar_engine.face.crop.face_extent`), so a small face moving across a large frame moves the
+avatar by the same fraction of *its* face, at most ``max_translation``.
+
+Pose-normalised neutral: when the driver's neutral and the source photo are turned differently by
+more than ``pose_tolerance_deg`` (a driver who starts in a three-quarter view), the excess is
+transferred as *absolute* pose: ``Q_t = R_res R_t R_B^T`` with ``R_res`` the rotation of ``B`` cut
+down to ``pose_tolerance_deg``, so the avatar turns as far as the driver is turned and faces the
+camera when the driver does, instead of turning away by the neutral's angle. Within the tolerance
+(and always for self-reenactment, where ``R_B = I``) this is the relative transfer above.
 
 Only *changes* of the driver are transferred, so the source keeps its own face shape (the driver's
 identity does not leak). When the source is a crop of the driver's neutral frame (self-reenactment),
@@ -19,13 +35,15 @@ All landmark arrays are ``(478, 3) float32``: x, y in pixels, z in the same pixe
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from avatar_engine.face import topology
+from avatar_engine.face.crop import face_extent
 
-__all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "MotionRetargeter"]
+__all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "soft_limit", "MotionRetargeter"]
 
 
 @dataclass
@@ -36,14 +54,38 @@ class RetargetConfig:
         expression_scale: multiplies the transferred expression change (1 = as the driver).
         pose: transfer head rotation.
         translation: transfer head translation (and scale, i.e. moving towards the camera).
-        max_rotation_deg: head rotations beyond this (relative to neutral) are clamped, so a driver
-            turning away cannot fold the source face over itself.
+        max_rotation_deg: the head rotation applied to the source approaches this (degrees) and never
+            exceeds it, so a driver turning away cannot fold the source face over itself ...
+        soft_rotation_deg: ... and rotations below this pass unchanged (the knee of :func:`soft_limit`).
+        max_translation, soft_translation: the same for the head-centre displacement, in source face
+            extents (the crop is 1.85 extents wide; 0.3 leaves the background rings room to the border).
+        max_scale, soft_scale: the same for ``|log(scale change)|`` (0.25: x0.78 to x1.28).
+        crop_margin: with a ``crop_size``, the face oval is kept at least this fraction of the crop inside
+            its border (the target is shifted back in, after the limits above); None = not kept.
+        pose_tolerance_deg: pose differences between the driver's neutral and the source up to this
+            are transferred relatively, the excess absolutely (see the module docstring); None = always
+            relative.
     """
 
     expression_scale: float = 1.0
     pose: bool = True
     translation: bool = True
     max_rotation_deg: float = 35.0
+    soft_rotation_deg: float = 25.0
+    max_translation: float = 0.3
+    soft_translation: float = 0.2
+    max_scale: float = 0.25
+    soft_scale: float = 0.15
+    pose_tolerance_deg: float | None = 12.0
+    crop_margin: float | None = 0.04
+
+    def __post_init__(self) -> None:
+        for soft, hard in (("soft_rotation_deg", "max_rotation_deg"), ("soft_translation", "max_translation"),
+                           ("soft_scale", "max_scale")):
+            if not 0 <= getattr(self, soft) <= getattr(self, hard):
+                raise ValueError(f"need 0 <= {soft} <= {hard}, got {getattr(self, soft)} and {getattr(self, hard)}")
+        if self.pose_tolerance_deg is not None and self.pose_tolerance_deg < 0:
+            raise ValueError(f"pose_tolerance_deg must be >= 0 or None, got {self.pose_tolerance_deg}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +167,32 @@ def rigid_indices(points: np.ndarray) -> np.ndarray:
 
 
 NOSE_TIP = 1
+FACE_OVAL = np.asarray(topology.FACE_OVAL_LOOP)
 EYE_CORNERS = np.array([33, 133, 362, 263], dtype=np.int64)
+
+
+def soft_limit(value: float, knee: float, limit: float) -> float:
+    """A magnitude eased into ``[0, limit)``: unchanged up to ``knee``, then bending smoothly (tanh, same
+    slope at the knee) towards ``limit`` without reaching it. ``value``, ``knee``, ``limit`` >= 0."""
+    if value <= knee or limit <= knee:
+        return min(value, limit)
+    span = limit - knee
+    return knee + span * math.tanh((value - knee) / span)
+
+
+def _shift_inside(points: np.ndarray, size: float, margin: float) -> np.ndarray:
+    """The ``(2,)`` shift that brings the box of ``points (N, 2)`` inside ``[margin, size - margin]^2``
+    (centred on an axis where the box is too large to fit)."""
+    lo, hi = points.min(0), points.max(0)
+    shift = np.zeros(2)
+    for a in range(2):
+        if hi[a] - lo[a] > size - 2 * margin:
+            shift[a] = size / 2 - (lo[a] + hi[a]) / 2
+        elif lo[a] < margin:
+            shift[a] = margin - lo[a]
+        elif hi[a] > size - margin:
+            shift[a] = size - margin - hi[a]
+    return shift
 
 
 def _rotation_angle_deg(rotation: np.ndarray) -> float:
@@ -133,20 +200,24 @@ def _rotation_angle_deg(rotation: np.ndarray) -> float:
     return float(np.degrees(np.arccos(cos)))
 
 
+def _with_angle(rotation: np.ndarray, angle_deg: float) -> np.ndarray:
+    """The rotation about the axis of ``rotation`` by ``angle_deg`` degrees (``rotation`` itself if unchanged)."""
+    angle = _rotation_angle_deg(rotation)
+    if abs(angle - angle_deg) < 1e-9 or angle < 1e-6:
+        return rotation
+    if angle > 179.0:  # the axis of a half turn is not in the skew part: eigenvector of eigenvalue 1
+        w = np.linalg.eigh(rotation + rotation.T)[1][:, -1]
+    else:
+        w = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
+    k = w / np.linalg.norm(w)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    a = np.radians(angle_deg)
+    return np.eye(3) + np.sin(a) * kx + (1 - np.cos(a)) * kx @ kx
+
+
 def _clamp_rotation(rotation: np.ndarray, max_deg: float) -> np.ndarray:
     """Scale the rotation angle of ``rotation`` down to at most ``max_deg`` (axis kept)."""
-    angle = _rotation_angle_deg(rotation)
-    if angle <= max_deg or angle < 1e-6:
-        return rotation
-    # axis-angle via the skew part; Rodrigues back with the clamped angle
-    w = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
-    norm = np.linalg.norm(w)
-    if norm < 1e-9:
-        return rotation
-    k = w / norm
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    a = np.radians(max_deg)
-    return np.eye(3) + np.sin(a) * kx + (1 - np.cos(a)) * kx @ kx
+    return _with_angle(rotation, min(_rotation_angle_deg(rotation), max_deg))
 
 
 class MotionRetargeter:
@@ -155,18 +226,23 @@ class MotionRetargeter:
     Args:
         source_points: ``(478, 3)`` source landmarks in source-crop pixels.
         config: options.
+        crop_size: side of the source crop in pixels; given, the face oval is kept inside it
+            (``config.crop_margin``).
 
     Usage: ``set_neutral(driver_points)`` once (and again to re-take the neutral), then
     ``retargeter(driver_points) -> (478, 3)`` per frame. Before a neutral is set, the first call
     takes its input as the neutral.
     """
 
-    def __init__(self, source_points: np.ndarray, config: RetargetConfig | None = None):
+    def __init__(self, source_points: np.ndarray, config: RetargetConfig | None = None,
+                 crop_size: int | None = None):
         self.config = config or RetargetConfig()
+        self.crop_size = crop_size
         self.source = np.asarray(source_points, np.float32)
         if self.source.shape != (topology.NUM_LANDMARKS, 3):
             raise ValueError(f"source_points must be (478, 3), got {self.source.shape}")
         self.rigid = rigid_indices(self.source)
+        self._source_extent = face_extent(self.source)
         self._neutral: np.ndarray | None = None
         self._to_source: Similarity | None = None  # B
 
@@ -189,6 +265,13 @@ class MotionRetargeter:
         """Forget the neutral: the next driving frame becomes the neutral."""
         self._neutral = None
         self._to_source = None
+
+    @property
+    def neutral_pose_offset_deg(self) -> float:
+        """How far (degrees) the source is turned relative to the driver's neutral (the rotation of ``B``)."""
+        if self._to_source is None:
+            raise RuntimeError("set_neutral() first")
+        return _rotation_angle_deg(self._to_source.rotation)
 
     def head_motion(self, driver_points: np.ndarray) -> Similarity:
         """``A_t``: the driver's rigid head motion since neutral (driver pixels)."""
@@ -213,11 +296,23 @@ class MotionRetargeter:
         expression = motion.inverse().apply(pts) - self._neutral
         b = self._to_source
         y = self.source + (cfg.expression_scale * b.scale) * expression @ b.rotation.T
-        rotation = _clamp_rotation(motion.rotation, cfg.max_rotation_deg) if cfg.pose else np.eye(3)
+        centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)
+        centre_s = b.apply(centre_n[None])[0].astype(np.float64)
+        r_res = b.rotation if cfg.pose_tolerance_deg is None else _clamp_rotation(b.rotation, cfg.pose_tolerance_deg)
+        rotation = r_res @ (motion.rotation if cfg.pose else np.eye(3)) @ b.rotation.T
+        rotation = _with_angle(rotation, soft_limit(_rotation_angle_deg(rotation), cfg.soft_rotation_deg,
+                                                    cfg.max_rotation_deg))
+        scale, shift = 1.0, np.zeros(3)
         if cfg.translation:
-            head = Similarity(motion.scale, rotation, motion.translation)
-        else:  # rotate about the neutral face's centroid, no translation or scale change
-            centre = self._neutral[self.rigid].mean(0)
-            head = Similarity(1.0, rotation, centre - rotation @ centre)
-        in_source = b.compose(head).compose(b.inverse())
-        return in_source.apply(y)
+            log_scale = math.log(motion.scale)
+            scale = math.exp(math.copysign(soft_limit(abs(log_scale), cfg.soft_scale, cfg.max_scale), log_scale))
+            shift = b.scale * r_res @ (motion.apply(centre_n[None])[0] - centre_n)
+            shift[2] = 0.0  # mediapipe z is relative to the face: its centre does not move in depth
+            extent = self._source_extent
+            length = float(np.linalg.norm(shift[:2]))
+            if length > 1e-9:
+                shift *= soft_limit(length / extent, cfg.soft_translation, cfg.max_translation) * extent / length
+        target = centre_s + shift + scale * (y - centre_s) @ rotation.T
+        if self.crop_size is not None and cfg.crop_margin is not None:
+            target[:, :2] += _shift_inside(target[FACE_OVAL, :2], self.crop_size, cfg.crop_margin * self.crop_size)
+        return target.astype(np.float32)

@@ -5,7 +5,10 @@
 photo. It is used the same way by the offline ``render`` command, the live engine and evaluation.
 
 When the driving frame has no face, the avatar holds its last pose for ``hold_s`` seconds, then eases
-back to the source's neutral pose; when the face returns it eases into the driven pose again.
+back to the source's neutral pose; when the face returns it eases into the driven pose again. A
+tracker jump (the target's head moving by more than ``jump`` source face extents in one frame) is not
+followed at once: the first frame of a jump holds the last pose (a one-frame glitch is never shown),
+and a jump that persists is eased into like a returning face.
 
 With a source prepared at 512 and ``ReenactConfig.super_resolution`` set (the default), the renderer
 works at 256 on the downscaled source and the temporal super-resolution stage
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from avatar_engine.face.crop import face_extent
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.geometry.retarget import MotionRetargeter, RetargetConfig
@@ -46,6 +50,8 @@ class ReenactConfig:
         ease_in_s: when the face returns, ease into the driven pose over about this long.
         super_resolution: the SR stage for 512 sources (render at 256, lift to 512); None renders
             at the source size directly.
+        jump: a head move of more than this many source face extents between two frames is a tracker
+            jump (see the module docstring); None = follow every frame.
     """
 
     landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
@@ -55,6 +61,7 @@ class ReenactConfig:
     ease_out_s: float = 1.0
     ease_in_s: float = 0.25
     super_resolution: SuperResolutionConfig | None = field(default_factory=SuperResolutionConfig)
+    jump: float | None = 0.2
 
 
 @dataclass
@@ -117,12 +124,17 @@ class Reenactor:
                                                 backend=renderer.backend)
             self.render_source = downscale_source(source, self.super_resolver.input_size)
         self.detector = LandmarkDetector(self.config.landmarks, static=False)
-        self.retargeter = MotionRetargeter(self.render_source.landmarks, self.config.retarget)
+        self.retargeter = MotionRetargeter(self.render_source.landmarks, self.config.retarget,
+                                           crop_size=self.render_source.size)
         self._shown = self.render_source.landmarks.copy()
         self._last_t: float | None = None
         self._last_face_t: float | None = None
         self._recovering = False
         self._face_in_view = False
+        self._jump_held = False
+        self._had_face = False  # the previous target() call had a face
+        self._rigid = self.retargeter.rigid
+        self._jump_px = None if self.config.jump is None else self.config.jump * face_extent(self.render_source.landmarks)
 
     def recalibrate(self) -> None:
         """Take the next driving frame with a face as the driver's neutral pose."""
@@ -149,7 +161,7 @@ class Reenactor:
         points = self.detector.detect(rgb, t)
         t1 = time.perf_counter()
         timings["landmarks"] = (t1 - t0) * 1e3
-        target = self._next_target(points, t)
+        target = self.target(points, t)
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
         crop = self.renderer.render(self.render_source, target)
@@ -175,13 +187,29 @@ class Reenactor:
         timings["paste"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(frame, crop, target, rendered.driving, rendered.driving is not None, timings)
 
-    def _next_target(self, points: np.ndarray | None, t: float) -> np.ndarray:
-        """Retarget, or hold/ease when no face is in view. Returns ``(478, 3)``."""
+    def target(self, points: np.ndarray | None, t: float) -> np.ndarray:
+        """The landmarks to render for one frame's driving landmarks (the retargeting step of :meth:`render`).
+
+        Args:
+            points: ``(478, 3)`` driving landmarks (driving-frame pixels), or None when the frame has no face
+                (then the last pose is held, then eased back to the source's neutral).
+            t: frame time in seconds (increasing).
+        Returns:
+            ``(478, 3) float32`` target landmarks in the render source's crop pixels.
+        """
         cfg = self.config
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
+        had_face, self._had_face = self._had_face, points is not None
         if points is not None:
             goal = self.retargeter(points)
+            if had_face and self._is_jump(goal):
+                self._last_face_t = t
+                if not self._jump_held:  # first frame of a jump: hold (a one-frame glitch never shows)
+                    self._jump_held = True
+                    return self._shown.copy()
+                self._recovering = True  # the jump persists: ease into it
+            self._jump_held = False
             if self._recovering:
                 self._shown = _ease(self._shown, goal, dt, cfg.ease_in_s)
                 self._recovering = bool(np.abs(self._shown - goal).max() > 0.5)
@@ -193,6 +221,13 @@ class Reenactor:
         if self._last_face_t is None or t - self._last_face_t > cfg.hold_s:
             self._shown = _ease(self._shown, self.render_source.landmarks, dt, cfg.ease_out_s)
         return self._shown.copy()
+
+    def _is_jump(self, goal: np.ndarray) -> bool:
+        """Whether ``goal`` moves the head's rigid points further than ``config.jump`` from the last frame."""
+        if self._jump_px is None or self._recovering:
+            return False
+        step = np.linalg.norm(goal[self._rigid, :2] - self._shown[self._rigid, :2], axis=1).max()
+        return bool(step > self._jump_px)
 
     def close(self) -> None:
         self.detector.close()

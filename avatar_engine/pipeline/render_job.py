@@ -9,12 +9,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from avatar_engine.errors import NoFaceError
+from avatar_engine.face.landmarks import LandmarkDetector
+from avatar_engine.pipeline.neutral import NeutralChoice, choose_neutral_frame, neutral_at
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
 from avatar_engine.renderers import DEFAULT_RENDERER, create_renderer
 from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.io.video import VideoWriter, iter_frames, probe_video
 
-__all__ = ["RenderJobConfig", "RenderReport", "render_video"]
+__all__ = ["RenderJobConfig", "RenderReport", "choose_neutral", "render_video"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -30,6 +32,9 @@ class RenderJobConfig:
         device: torch device. backend: inference backend (``avatar_engine.backends.BACKEND_CHOICES``). audio: mux the driving clip's audio. max_frames: stop early.
         progress: show a progress bar.
         renderer_options: keyword arguments of ``create_renderer`` (e.g. ``weights``: a profile's weights).
+        neutral_frame: the driving frame (0-based) whose face is the neutral pose; None = the most
+            frontal, still frame of the first ``neutral_window_s`` seconds with a face
+            (:func:`~avatar_engine.pipeline.neutral.choose_neutral_frame`).
     """
 
     source: Path
@@ -42,6 +47,8 @@ class RenderJobConfig:
     audio: bool = True
     max_frames: int | None = None
     progress: bool = True
+    neutral_frame: int | None = None
+    neutral_window_s: float = 3.0
     reenact: ReenactConfig = field(default_factory=ReenactConfig)
     renderer_options: dict = field(default_factory=dict)
 
@@ -59,6 +66,36 @@ class RenderReport:
     has_audio: bool
     faces_in_source: int
     seconds: float
+    neutral: NeutralChoice
+
+
+def choose_neutral(cfg: RenderJobConfig) -> NeutralChoice:
+    """Track the start of the driving video as the pipeline will, and take its neutral frame.
+
+    Raises:
+        NoFaceError: no face in the frames looked at, or in ``cfg.neutral_frame``.
+    """
+    times: list[float] = []
+    points = []
+    first_face_t = None
+    with LandmarkDetector(cfg.reenact.landmarks, static=False) as detector:
+        for i, (rgb, t) in enumerate(iter_frames(cfg.driving)):
+            pts = detector.detect(rgb, t)
+            times.append(t)
+            points.append(pts)
+            if first_face_t is None and pts is not None:
+                first_face_t = t
+            if cfg.neutral_frame is not None:
+                if i >= cfg.neutral_frame:
+                    break
+            elif first_face_t is not None and t - first_face_t > cfg.neutral_window_s:
+                break
+    if cfg.neutral_frame is not None:
+        return neutral_at(times, points, cfg.neutral_frame)
+    try:
+        return choose_neutral_frame(times, points, cfg.neutral_window_s)
+    except NoFaceError:
+        raise NoFaceError(f"no face found in any frame of the driving video {cfg.driving}") from None
 
 
 def render_video(cfg: RenderJobConfig) -> RenderReport:
@@ -74,10 +111,18 @@ def render_video(cfg: RenderJobConfig) -> RenderReport:
     total = info.frames if cfg.max_frames is None else min(info.frames, cfg.max_frames)
     out_h, out_w = source.image.shape[:2] if cfg.reenact.paste_back else (cfg.size, cfg.size)
     audio_from = cfg.driving if (cfg.audio and info.has_audio) else None
+    neutral = choose_neutral(cfg)
+    if neutral.problem and cfg.neutral_frame is None:
+        log.warning("no frontal face in the first %.0f s of the driving video; the neutral is the best one, %s: "
+                    "the avatar turns as the driver is turned (pass --neutral-frame N to choose the neutral frame)",
+                    cfg.neutral_window_s, neutral.describe())
+    else:
+        log.info("neutral pose: %s", neutral.describe())
     frames = no_face = 0
     with Reenactor(source, renderer, cfg.reenact) as reenactor, \
             VideoWriter(cfg.output, info.fps, (out_w, out_h), audio_from=audio_from) as writer, \
             tqdm(total=total, unit="frame", desc="render", disable=not cfg.progress, leave=False) as bar:
+        reenactor.set_neutral(neutral.points)
         for rgb, t in iter_frames(cfg.driving, max_frames=cfg.max_frames):
             result = reenactor.step(rgb, t)
             writer.write(result.frame)
@@ -90,4 +135,4 @@ def render_video(cfg: RenderJobConfig) -> RenderReport:
     if no_face:
         log.warning("no face in %d of %d driving frames: held the last pose, then eased to neutral", no_face, frames)
     return RenderReport(Path(cfg.output), frames, no_face, info.fps, out_w, out_h, audio_from is not None,
-                        source.faces_found, time.perf_counter() - start)
+                        source.faces_found, time.perf_counter() - start, neutral)

@@ -1,0 +1,122 @@
+"""Choosing the driver's neutral frame of an offline driving video.
+
+The avatar moves by how the driver differs from the neutral, so the neutral should face the camera,
+be still and have the mouth closed. A driving clip need not start that way (a speaker in a
+three-quarter view who then turns to the camera): :func:`choose_neutral_frame` picks, among the
+face frames of the first ``window_s`` seconds, the one with the lowest cost
+
+    pose deviation (degrees: yaw, roll, half the pitch) + SPEED_WEIGHT * speed + MOUTH_WEIGHT * opening
+
+with speed the median landmark speed to the neighbouring face frames (face sizes per second) and
+opening the inner-lip gap in inter-ocular distances.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from avatar_engine.errors import NoFaceError
+from avatar_engine.face.landmarks import face_bbox
+from avatar_engine.geometry.head_pose import HeadPose, head_pose, neutral_pose_problem
+
+__all__ = ["NeutralChoice", "choose_neutral_frame", "neutral_at"]
+
+SPEED_WEIGHT = 10.0
+"""Cost of 1 face size per second of landmark speed, in degrees of pose deviation."""
+MOUTH_WEIGHT = 20.0
+"""Cost of a mouth opened by one inter-ocular distance, in degrees of pose deviation."""
+PITCH_WEIGHT = 0.5
+"""Pitch counts half (it is the least accurate angle, see :mod:`avatar_engine.geometry.head_pose`)."""
+_UPPER_LIP, _LOWER_LIP = 13, 14
+_OUTER_EYE_CORNERS = (33, 263)
+
+
+@dataclass(frozen=True)
+class NeutralChoice:
+    """The neutral frame of a driving video.
+
+    Attributes:
+        index: frame index (0-based) in the video.
+        time: its timestamp, seconds.
+        points: ``(478, 3) float32`` its landmarks (driving-frame pixels).
+        pose: its head pose.
+        problem: None when it is a good neutral, else a hint (the face is turned: see
+            :func:`~avatar_engine.geometry.head_pose.neutral_pose_problem`).
+    """
+
+    index: int
+    time: float
+    points: np.ndarray
+    pose: HeadPose
+    problem: str | None
+
+    def describe(self) -> str:
+        """One line for the log."""
+        p = self.pose
+        return (f"frame {self.index} ({self.time:.2f} s), yaw {p.yaw:+.0f}°, pitch {p.pitch:+.0f}°, roll {p.roll:+.0f}°"
+                + (f"; {self.problem}" if self.problem else ""))
+
+
+def _speed(points: Sequence[np.ndarray | None], times: Sequence[float], i: int) -> float:
+    """Median landmark speed of face frame ``i`` to its face neighbours, in face sizes per second."""
+    x0, y0, x1, y1 = face_bbox(points[i])
+    size = max(x1 - x0, y1 - y0, 1.0)
+    speeds = []
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(points) and points[j] is not None and times[j] != times[i]:
+            step = np.median(np.linalg.norm(points[j][:, :2] - points[i][:, :2], axis=1))
+            speeds.append(float(step) / size / abs(times[j] - times[i]))
+    return max(speeds) if speeds else 0.0
+
+
+def _mouth_opening(points: np.ndarray) -> float:
+    iod = np.linalg.norm(points[_OUTER_EYE_CORNERS[0], :2] - points[_OUTER_EYE_CORNERS[1], :2])
+    return float(np.linalg.norm(points[_UPPER_LIP, :2] - points[_LOWER_LIP, :2]) / max(iod, 1e-6))
+
+
+def _choice(points: Sequence[np.ndarray | None], times: Sequence[float], i: int) -> NeutralChoice:
+    pts = np.asarray(points[i], np.float32)
+    return NeutralChoice(i, float(times[i]), pts, head_pose(pts), neutral_pose_problem(pts))
+
+
+def choose_neutral_frame(times: Sequence[float], points: Sequence[np.ndarray | None],
+                         window_s: float = 3.0) -> NeutralChoice:
+    """The most frontal, still, mouth-closed face frame of the first ``window_s`` seconds.
+
+    Args:
+        times: per-frame timestamps in seconds (increasing).
+        points: per-frame ``(478, 3)`` driving landmarks (as the pipeline's tracking detector gives
+            them), None for frames without a face.
+        window_s: seconds after the first face frame to choose from.
+    Raises:
+        NoFaceError: no frame has a face.
+    """
+    faces = [i for i, p in enumerate(points) if p is not None]
+    if not faces:
+        raise NoFaceError("no face in the driving frames")
+    start = times[faces[0]]
+    best, best_cost = faces[0], np.inf
+    for i in faces:
+        if times[i] - start > window_s:
+            break
+        pose = head_pose(points[i])
+        deviation = float(np.sqrt(pose.yaw**2 + pose.roll**2 + (PITCH_WEIGHT * pose.pitch) ** 2))
+        cost = deviation + SPEED_WEIGHT * _speed(points, times, i) + MOUTH_WEIGHT * _mouth_opening(points[i])
+        if cost < best_cost:
+            best, best_cost = i, cost
+    return _choice(points, times, best)
+
+
+def neutral_at(times: Sequence[float], points: Sequence[np.ndarray | None], index: int) -> NeutralChoice:
+    """Frame ``index`` as the neutral (the user's choice).
+
+    Raises:
+        NoFaceError: the frame does not exist or has no face.
+    """
+    if not 0 <= index < len(points):
+        raise NoFaceError(f"--neutral-frame {index}: the driving video has {len(points)} frames")
+    if points[index] is None:
+        raise NoFaceError(f"--neutral-frame {index}: no face in that frame of the driving video")
+    return _choice(points, times, index)
