@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar_engine.face import topology
+from avatar_engine.geometry.eyes import retarget_lids
 
 __all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "MotionRetargeter"]
 
@@ -38,12 +39,15 @@ class RetargetConfig:
         translation: transfer head translation (and scale, i.e. moving towards the camera).
         max_rotation_deg: head rotations beyond this (relative to neutral) are clamped, so a driver
             turning away cannot fold the source face over itself.
+        lid_ratio: eyelid openings as the source's times the driver's open ratio
+            (:func:`avatar_engine.geometry.eyes.retarget_lids`) instead of additive.
     """
 
     expression_scale: float = 1.0
     pose: bool = True
     translation: bool = True
     max_rotation_deg: float = 35.0
+    lid_ratio: bool = True
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,8 @@ class MotionRetargeter:
         expression = motion.inverse().apply(pts) - self._neutral
         b = self._to_source
         y = self.source + (cfg.expression_scale * b.scale) * expression @ b.rotation.T
+        if cfg.lid_ratio:
+            y = retarget_lids(y, self.source, self._neutral, self._neutral + expression)
         rotation = _clamp_rotation(motion.rotation, cfg.max_rotation_deg) if cfg.pose else np.eye(3)
         if cfg.translation:
             head = Similarity(motion.scale, rotation, motion.translation)
