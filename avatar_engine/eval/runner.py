@@ -117,6 +117,7 @@ class EvalConfig:
         size: face-crop side the renderers work and are scored at (256 or 512).
         max_frames_per_clip: scored frames per clip (self) and driving frames per pair (cross); None = all.
         identity_every: identity descriptors on every N-th scored frame (dlib costs ~90 ms a face).
+        self_reenactment: run self-reenactment.
         cross: run cross-reenactment.
         cross_drivers: driving clips per cross-reenactment photo.
         clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
@@ -134,6 +135,7 @@ class EvalConfig:
     size: int = 256
     max_frames_per_clip: int | None = None
     identity_every: int = 5
+    self_reenactment: bool = True
     cross: bool = True
     cross_drivers: int = 2
     clip_ids: tuple[str, ...] | None = None
@@ -163,7 +165,7 @@ class EvalConfig:
         return {
             "data": str(self.data), "split": self.split, "renderers": list(self.renderers), "size": self.size,
             "max_frames_per_clip": self.max_frames_per_clip, "identity_every": self.identity_every,
-            "cross": self.cross, "cross_drivers": self.cross_drivers,
+            "self": self.self_reenactment, "cross": self.cross, "cross_drivers": self.cross_drivers,
             "clip_ids": None if self.clip_ids is None else list(self.clip_ids),
             "image_ids": None if self.image_ids is None else list(self.image_ids),
             "region_margin": self.region_margin, "device": self.device, "flow": dict(self.flow.__dict__),
@@ -489,8 +491,8 @@ class _Evaluator:
 
 
 def _select(dataset: EvalDataset, config: EvalConfig) -> tuple[list[ClipEntry], list[ImageEntry], list[ClipEntry]]:
-    clips = list(dataset.clips)
-    if config.clip_ids is not None:
+    clips = list(dataset.clips) if config.self_reenactment else []
+    if config.self_reenactment and config.clip_ids is not None:
         known = {c.clip_id for c in clips}
         missing = [c for c in config.clip_ids if c not in known]
         if missing:

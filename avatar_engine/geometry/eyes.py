@@ -7,7 +7,7 @@ this layer redraws, in the target's eye region of a rendered ``(S, S, 3)`` crop:
 * the *eyeball* inside the target lid opening: the source's sclera with its iris removed
   (inpainted from the sclera colour), mapped column by column from the source opening to the
   target opening, and over it the source iris (its lid-covered part completed with the iris's own
-  colour per radius) centred on the target iris landmark, a shadow under the upper lid;
+  colour per radius) centred on the target iris landmark (its motion amplified by ``gaze_gain``);
 * the *lids* where they cover more of the eye than in the source: between the source's lid line
   (in the target eye's frame) and the target lid line, the source's lid skin colour (sampled in a
   band above the upper / below the lower lid), a lash line along the upper lid's edge.
@@ -52,7 +52,6 @@ class EyeLayerConfig:
         lash_darkness: darkening of the lash line drawn along a lowered upper lid, in [0, 1].
         closed_gap_px: where the target lid gap is below this (pixels), the eyeball fades to the lash
             colour (a closing eye shows lashes, not a squeezed sclera).
-        lid_shadow: darkening of the eyeball just under the upper lid, in [0, 1].
         iris_limits: the target iris radius is kept within these factors of the source's (scaled).
         gaze_gain: the iris moves this many times its landmark's motion relative to the source iris (in
             the eye's frame), clamped to the eye opening. Mediapipe's iris landmarks move about 0.65x
@@ -67,7 +66,6 @@ class EyeLayerConfig:
     lid_reach: float = 0.25
     lash_darkness: float = 0.7
     closed_gap_px: float = 4.0
-    lid_shadow: float = 0.25
     iris_limits: tuple[float, float] = (0.75, 1.35)
     gaze_gain: float = 1.5
 
@@ -216,7 +214,6 @@ class EyeLayer:
         iris_xy = eye.iris_c + scale * ((d @ tgt.e1)[..., None] * src.e1 + (d @ tgt.e2)[..., None] * src.e2)
         iris_a = np.clip(r_t - np.linalg.norm(d, axis=-1) + 0.5, 0.0, 1.0)[..., None]
         ball = iris_a * _sample(eye.iris, iris_xy) + (1.0 - iris_a) * sclera
-        ball *= (1.0 - cfg.lid_shadow * np.exp(-np.maximum(v - vt_up, 0.0) * w / 1.5))[..., None]
         gap_px = (vt_lo - vt_up) * w
         closure = np.clip(1.0 - gap_px / cfg.closed_gap_px, 0.0, 1.0)[..., None]
         ball = (1.0 - closure) * ball + closure * (1.0 - cfg.lash_darkness) * _profile(u, eye.lid_u, eye.upper_colour)
@@ -239,13 +236,16 @@ class EyeLayer:
 
 
 def retarget_lids(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,
-                  max_ratio: float = 1.6) -> np.ndarray:
+                  max_ratio: float = 1.6, min_gap: float = 0.02) -> np.ndarray:
     """Eyelid opening as a *ratio* of the source's (LivePortrait-style open-ratio retargeting).
 
     Additive retargeting moves the source's lids by the driver's lid motion, so a small-eyed driver
-    who closes their eyes leaves a large-eyed source half open. Here each eye's lid gap becomes the
-    source's gap times the driver's open ratio (gap now / gap at neutral, clamped to ``[0, max_ratio]``),
-    around the lids' midline of ``target`` (so the eye keeps its transferred position).
+    who closes their eyes leaves a large-eyed source half open. Here, along each eye (at each lid
+    landmark's position ``u`` between the corners), the lid gap becomes the source's gap times the
+    driver's open ratio there (gap now / gap at neutral, clamped to ``[0, max_ratio]``; 1 where the
+    neutral gap is below ``min_gap`` eye widths), around the lids' midline of ``target`` (so the eye
+    keeps its transferred position). When the source is the driver's neutral face (self-reenactment)
+    this is exactly the additive result.
 
     Args:
         target: ``(478, 3)`` retargeted landmarks (source pixels) to correct.
@@ -257,17 +257,17 @@ def retarget_lids(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     """
     out = np.asarray(target, np.float32).copy()
     for opening, _, _ in EYES:
-        neutral_gap = opening_frame(driver_neutral, opening).gap()
-        if neutral_gap <= 1e-6:
-            continue
-        ratio = float(np.clip(opening_frame(driver, opening).gap() / neutral_gap, 0.0, max_ratio))
-        src, cur = opening_frame(source, opening), opening_frame(out, opening)
+        src, neutral, now = (opening_frame(p, opening) for p in (source, driver_neutral, driver))
+        cur = opening_frame(out, opening)
         upper, lower = opening.chains()
         if np.mean(cur.to_frame(out[upper, :2])[1]) > np.mean(cur.to_frame(out[lower, :2])[1]):
             upper, lower = lower, upper
         for chain, sign in ((upper[1:-1], -0.5), (lower[1:-1], 0.5)):
-            u, v = cur.to_frame(out[chain, :2])
+            u, _ = cur.to_frame(out[chain, :2])
+            neutral_gap = neutral.lower(u) - neutral.upper(u)
+            ratio = np.where(neutral_gap > min_gap, (now.lower(u) - now.upper(u)) / np.maximum(neutral_gap, min_gap),
+                             1.0)
+            gap = np.maximum(src.lower(u) - src.upper(u), 0.0) * np.clip(ratio, 0.0, max_ratio)
             mid = 0.5 * (cur.upper(u) + cur.lower(u))
-            gap = np.maximum(src.lower(u) - src.upper(u), 0.0)
-            out[chain, :2] = cur.to_pixels(u, mid + sign * ratio * gap).astype(np.float32)
+            out[chain, :2] = cur.to_pixels(u, mid + sign * gap).astype(np.float32)
     return out
