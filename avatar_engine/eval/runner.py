@@ -56,6 +56,7 @@ from avatar_engine.face.crop import CropConfig, crop_from_landmarks
 from avatar_engine.errors import AvatarError, NoFaceError
 from avatar_engine.face.identity import SAME_PERSON_THRESHOLD, IdentityConfig, IdentityEncoder
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
+from avatar_engine.geometry.retarget import RetargetConfig
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
 from avatar_engine.renderers import RENDERER_NAMES, create_renderer
 from avatar_engine.renderers.base import Renderer
@@ -122,6 +123,8 @@ class EvalConfig:
         cross_drivers: driving clips per cross-reenactment photo.
         clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
         region_margin: growth of the mouth / eye masks, in inter-ocular distances.
+        face_layers: draw the renderers' face layers and retarget the lids by open ratio (False: the
+            plain renderers with additive lid retargeting, for before / after comparisons).
         device: torch device of the renderers.
         sheet_frames: columns (frames) per row of the contact sheet.
         sheet_thumb: side of a contact-sheet thumbnail in pixels.
@@ -141,6 +144,7 @@ class EvalConfig:
     clip_ids: tuple[str, ...] | None = None
     image_ids: tuple[str, ...] | None = None
     region_margin: float = 0.1
+    face_layers: bool = True
     device: str = "cpu"
     sheet_frames: int = 6
     sheet_thumb: int = 96
@@ -168,7 +172,7 @@ class EvalConfig:
             "self": self.self_reenactment, "cross": self.cross, "cross_drivers": self.cross_drivers,
             "clip_ids": None if self.clip_ids is None else list(self.clip_ids),
             "image_ids": None if self.image_ids is None else list(self.image_ids),
-            "region_margin": self.region_margin, "device": self.device, "flow": dict(self.flow.__dict__),
+            "region_margin": self.region_margin, "face_layers": self.face_layers, "device": self.device, "flow": dict(self.flow.__dict__),
             "same_person_threshold": SAME_PERSON_THRESHOLD,
         }
 
@@ -283,10 +287,14 @@ class _Evaluator:
         self.detector = stack.enter_context(LandmarkDetector(LandmarkConfig(), static=True))
         self.identity = IdentityEncoder(IdentityConfig())
         self.renderers: dict[str, Renderer] = {n: create_renderer(n, config.device) for n in config.renderers}
+        if not config.face_layers:
+            for r in self.renderers.values():
+                r.layers = None
+        self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers))
         self._source_ids: dict[str, np.ndarray | None] = {}
 
     def _reenactors(self, stack: contextlib.ExitStack, source: SourceFace) -> dict[str, Reenactor]:
-        return {name: stack.enter_context(Reenactor(source, r, ReenactConfig(paste_back=False)))
+        return {name: stack.enter_context(Reenactor(source, r, self.reenact))
                 for name, r in self.renderers.items()}
 
     def _pose(self, series: _Series, out_pts: np.ndarray, ref: np.ndarray) -> None:

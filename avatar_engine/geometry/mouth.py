@@ -45,7 +45,7 @@ class MouthLayerConfig:
         lower_teeth, lower_share: the same for the lower teeth, which show from ``lower_from``
             (opening in inter-ocular distances).
         teeth_colour: RGB of the teeth at a face brightness of 170 (scaled with the face, within 0.6..1.1).
-        teeth_span: teeth show for ``|u| <` this (mouth widths from the middle).
+        teeth_span: teeth show for ``|u|`` below this (mouth widths from the middle).
         cavity_darkness: the cavity is the lip colour times this.
     """
 
@@ -70,13 +70,9 @@ def _teeth_share(block: np.ndarray, inside: np.ndarray) -> float:
 
 
 class MouthLayer:
-    """The mouth interior of one source (see the module docstring).
-
-    Args:
-        crop: ``(S, S, 3) uint8`` source crop.
-        points: ``(478, 2|3)`` source landmarks in crop pixels.
-        config: options.
-    """
+    """The mouth interior of one source (see the module docstring), built from the source crop
+    ``crop (S, S, 3) uint8`` and its landmarks ``points (478, 2|3)``: lip and face colours, the source's
+    own opening and whether it shows teeth."""
 
     def __init__(self, crop: np.ndarray, points: np.ndarray, config: MouthLayerConfig = MouthLayerConfig()):
         self.config = config
