@@ -135,4 +135,7 @@ def test_bad_options(data_dir, tmp_path, capsys):
     assert "C999" in capsys.readouterr().err
     with pytest.raises(AvatarError):
         EvalConfig(data=data_dir, max_frames_per_clip=1)
+    with pytest.raises(AvatarError, match="nothing to evaluate"):
+        run_evaluation(EvalConfig(data=data_dir, self_reenactment=False, cross=False))
+    assert EvalConfig(data=data_dir, face_layers=False).describe()["face_layers"] is False
     assert not (tmp_path / "r.json").exists()

@@ -160,3 +160,26 @@ def test_renderers_draw_layers_unless_off(source):
     plain.layers = None
     assert np.abs(with_layers.astype(int) - plain.render(source, t).astype(int)).max() > 30
     assert EyeLayer(source.crop_image, p).eyes[0].usable
+
+
+def test_opening_frame_of_a_drawn_eye():
+    """An eye drawn as two arcs: the frame's axes, width, chains and gap, under a similarity."""
+    opening, _, _ = EYES[0]
+    first, second = opening.chains()
+    assert first[0] == second[0] == opening.left and first[-1] == second[-1] == opening.right
+    assert sorted(set(first) | set(second)) == sorted(opening.loop)
+    face = np.zeros((topology.NUM_LANDMARKS, 2))
+    for chain, sign in ((first, -1.0), (second, 1.0)):
+        t = np.linspace(0.0, 1.0, len(chain))
+        face[chain] = np.stack([10.0 + 40.0 * t, 50.0 + sign * 8.0 * np.sin(np.pi * t)], axis=1)
+    frame = opening_frame(face, opening)
+    assert frame.width == pytest.approx(40.0) and np.allclose(frame.e1, [1, 0]) and np.allclose(frame.e2, [0, 1])
+    assert frame.upper(np.array(0.0)) == pytest.approx(-0.2, abs=0.01)
+    assert frame.lower(np.array(0.0)) == pytest.approx(0.2, abs=0.01)
+    angle = 0.4
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = opening_frame(face @ rot.T * 2.0 + 7.0, opening)
+    assert moved.width == pytest.approx(80.0) and moved.gap() == pytest.approx(frame.gap())
+    u, v = moved.to_frame(moved.to_pixels(np.array([0.1, -0.3]), np.array([0.05, 0.2])))
+    np.testing.assert_allclose(u, [0.1, -0.3], atol=1e-9)
+    np.testing.assert_allclose(v, [0.05, 0.2], atol=1e-9)
