@@ -26,6 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--identity-every", type=int, default=5, help="identity on every N-th frame (default: %(default)s)")
     p.add_argument("--cross-drivers", type=int, default=2, help="driving clips per photo (default: %(default)s)")
     p.add_argument("--no-cross", dest="cross", action="store_false", help="skip cross-reenactment")
+    p.add_argument("--no-self", dest="self_reenactment", action="store_false", help="skip self-reenactment")
+    p.add_argument("--no-face-layers", dest="face_layers", action="store_false",
+                   help="plain renderers: no eye / mouth layers, additive lid retargeting (before / after comparisons)")
     p.add_argument("--clips", nargs="+", default=None, metavar="ID", help="only these clip ids")
     p.add_argument("--images", nargs="+", default=None, metavar="ID", help="only these cross-reenactment photo ids")
     p.add_argument("--device", default="cpu", help="torch device of the renderers")
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_evaluation(EvalConfig(
         data=args.data, split=args.split, renderers=tuple(args.renderer), size=args.size,
         max_frames_per_clip=args.max_frames_per_clip, identity_every=args.identity_every, cross=args.cross,
+        self_reenactment=args.self_reenactment, face_layers=args.face_layers,
         cross_drivers=args.cross_drivers, clip_ids=None if args.clips is None else tuple(args.clips),
         image_ids=None if args.images is None else tuple(args.images), device=args.device, backend=args.backend,
         progress=sys.stderr.isatty()))

@@ -18,12 +18,14 @@ import cv2
 import numpy as np
 
 from avatar_engine.io.image import write_image
+from avatar_engine.eval.motion import TRANSFER_SIGNALS
 from avatar_engine.eval.runner import CROSS_METRICS, SELF_METRICS, EvalResult, SequenceReport
 
 __all__ = ["ReportPaths", "report_dict", "markdown_report", "summary_lines", "contact_sheet", "write_report"]
 
 _DECIMALS = 5
 _PERCENT = {"same_person_gt", "same_person_source", "output_no_face"}
+_TWO_DECIMALS = {"psnr", "blink_score", "teeth_score"}
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def _fmt(key: str, value: float) -> str:
         return "∞"
     if key in _PERCENT:
         return f"{100.0 * value:.1f} %"
-    if key == "psnr" or key.endswith("_error") and key != "expression_error":
+    if key in _TWO_DECIMALS or key.endswith("_error") and key != "expression_error":
         return f"{value:.2f}"
     return f"{value:.4f}"
 
@@ -106,6 +108,47 @@ def _fmt(key: str, value: float) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+_SIGNAL_LABELS = {
+    "mouth_open": "mouth opening (inner lips)", "eye_open_left": "eye opening, left", "eye_open_right":
+    "eye opening, right", "gaze_x": "gaze, horizontal", "gaze_y": "gaze, vertical", "brow_height": "brow height",
+    "smile": "lip-corner distance (smile)",
+}
+_PER_SEQUENCE_SIGNALS = ("mouth_open", "eye_open_left", "eye_open_right", "gaze_x", "brow_height")
+
+
+def _pair(metrics: dict[str, float], signal: str) -> str:
+    """``"corr / ratio"`` of one signal."""
+    return " / ".join("–" if math.isnan(v := metrics[f"{signal}_{stat}"]) else f"{v:.2f}" for stat in ("corr", "ratio"))
+
+
+def _motion_section(result: EvalResult, kind: str) -> list[str]:
+    """Markdown of the motion transfer of one kind: pooled table, then per sequence."""
+    names = list(result.config.renderers)
+    reports = result.self_reports if kind == "self" else result.cross_reports
+    if not reports:
+        return []
+    agg = result.aggregate(kind)
+    ref = "the ground truth" if kind == "self" else "the retargeted target"
+    closed = sum(int(r.info.get("closed_eye_frames", 0)) for r in reports)
+    teeth = sum(int(r.info.get("teeth_frames", 0)) for r in reports)
+    lines = [f"## Motion transfer, {kind}-reenactment (output vs {ref}; pooled over the sequences)", "",
+             "Each cell: correlation / amplitude ratio (std of the output over std of the reference; 1 = full, "
+             "0 = frozen). Signals in inter-ocular distances, from mediapipe landmarks of output and reference.", ""]
+    rows = [[_SIGNAL_LABELS[s]] + [_pair(agg[n], s) for n in names] for s in TRANSFER_SIGNALS]
+    rows.append([f"blink score ({closed} closed-eye driver frames) ↑"] + [_fmt("blink_score", agg[n]["blink_score"]) for n in names])
+    rows.append([f"teeth score ({teeth} teeth-visible driver frames) ↑"] +
+                [_fmt("teeth_score", agg[n]["teeth_score"]) for n in names])
+    lines += _table(["signal"] + names, rows) + [""]
+    header = ["clip" if kind == "self" else "photo/driver", "renderer"] + \
+        [_SIGNAL_LABELS[s] for s in _PER_SEQUENCE_SIGNALS] + ["blink", "teeth"]
+    rows = [[r.item, n] + [_pair(r.metrics[n], s) for s in _PER_SEQUENCE_SIGNALS] +
+            [f"{_fmt('blink_score', r.metrics[n]['blink_score'])} ({r.info.get('closed_eye_frames', 0)})",
+             f"{_fmt('teeth_score', r.metrics[n]['teeth_score'])} ({r.info.get('teeth_frames', 0)})"]
+            for r in reports for n in names]
+    return lines + [f"Per {'clip' if kind == 'self' else 'pair'} (blink / teeth: score (driver event frames)):", ""] + \
+        _table(header, rows) + [""]
 
 
 def markdown_report(result: EvalResult) -> str:
@@ -140,6 +183,7 @@ def markdown_report(result: EvalResult) -> str:
         rows = [[r.item, str(r.info["frames"]), n] + [_fmt(k, r.metrics[n][k]) for k in keys]
                 for r in result.cross_reports for n in names]
         lines += _table(["photo/driver", "frames", "renderer"] + [labels[k] for k in keys], rows) + [""]
+    lines += _motion_section(result, "self") + _motion_section(result, "cross")
     lines += ["## Failures", ""]
     lines += [f"- {f.kind} `{f.item}`: {f.reason}" for f in result.failures] or ["none"]
     return "\n".join(lines) + "\n"
@@ -157,7 +201,9 @@ def summary_lines(result: EvalResult) -> list[str]:
             parts.append(f"self: PSNR {_fmt('psnr', a['psnr'])} dB, SSIM {_fmt('ssim', a['ssim'])}, "
                          f"ID->GT {_fmt('identity_gt', a['identity_gt'])}, "
                          f"expr {_fmt('expression_error', a['expression_error'])}, "
-                         f"flicker x{_fmt('flicker_ratio', a['flicker_ratio'])}")
+                         f"flicker x{_fmt('flicker_ratio', a['flicker_ratio'])}, "
+                         f"mouth {_pair(a, 'mouth_open')}, gaze {_pair(a, 'gaze_x')}, "
+                         f"blink {_fmt('blink_score', a['blink_score'])}, teeth {_fmt('teeth_score', a['teeth_score'])}")
         if cross_agg:
             a = cross_agg[n]
             parts.append(f"cross: ID->source {_fmt('identity_source', a['identity_source'])}, "
@@ -167,22 +213,31 @@ def summary_lines(result: EvalResult) -> list[str]:
     return lines
 
 
+def _wrap(label: str, width: int = 26) -> list[str]:
+    """A label split at ': ' when too long for one line of the label column."""
+    return label.split(": ", 1) if len(label) > width and ": " in label else [label]
+
+
 def contact_sheet(result: EvalResult, self_items: int = 4, cross_items: int = 2) -> np.ndarray:
     """``(H, W, 3) uint8`` sheet: for the first clips / pairs, rows of GT (or driver) and outputs.
 
-    Each row is a label followed by the frames the runner kept (evenly spaced over the sequence).
+    Each row is a label followed by the frames the runner kept: evenly spaced over the sequence, then
+    the motion moments (reference and outputs side by side at the widest mouth, the most sideways
+    gaze and the most closed eyes).
     """
     cfg = result.config
     side, label_w, gap = cfg.sheet_thumb, 200, 6
     groups = [r.sheet for r in result.self_reports[:self_items]] + [r.sheet for r in result.cross_reports[:cross_items]]
-    width = label_w + cfg.sheet_frames * side
+    columns = max([cfg.sheet_frames] + [len(row.frames) for rows in groups for row in rows])
+    width = label_w + columns * side
     blocks: list[np.ndarray] = []
     for rows in groups:
         for row in rows:
             strip = np.full((side, width, 3), 40, np.uint8)
-            cv2.putText(strip, row.label, (6, side // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                        cv2.LINE_AA)
-            for j, frame in enumerate(row.frames[: cfg.sheet_frames]):
+            for k, part in enumerate(_wrap(row.label)):
+                cv2.putText(strip, part, (6, side // 2 + 5 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
+                            (255, 255, 255), 1, cv2.LINE_AA)
+            for j, frame in enumerate(row.frames[:columns]):
                 strip[:, label_w + j * side: label_w + (j + 1) * side] = frame
             blocks.append(strip)
         blocks.append(np.full((gap, width, 3), 255, np.uint8))

@@ -29,6 +29,13 @@ driver's first face frame, locked on in the same way. Scored: identity distance 
 crop, and expression / pose error of the output's landmarks against the retargeted target
 landmarks (frames where the driver has a face).
 
+Motion transfer (:mod:`avatar_engine.eval.motion`, :mod:`avatar_engine.eval.signals`): face signals
+(mouth and eye opening, gaze, brow height, lip-corner distance) measured on the output's landmarks
+and on the reference's, per frame: the ground truth (self) or the retargeted target (cross);
+correlation and amplitude ratio per sequence and pooled over the sequences; a blink score (share of
+the driver's closed-eye frames where the output's eyes are closed) and a teeth score (share of the
+driver's teeth-visible frames where the output shows teeth).
+
 Per-clip and per-pair failures (unreadable video, no face) are recorded with their reason and
 excluded. Nothing is random: a rerun gives the same numbers.
 """
@@ -37,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,16 +56,18 @@ from avatar_engine.face.crop import CropConfig, crop_from_landmarks
 from avatar_engine.errors import AvatarError, NoFaceError
 from avatar_engine.face.identity import SAME_PERSON_THRESHOLD, IdentityConfig, IdentityEncoder
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
+from avatar_engine.geometry.retarget import RetargetConfig
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
 from avatar_engine.renderers import RENDERER_NAMES, create_renderer
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.face.source import SourceConfig, SourceFace, prepare_source
 from avatar_engine.io.video import iter_frames, probe_video
 from avatar_engine.eval import metrics
+from avatar_engine.eval.motion import MOMENTS, MOTION_METRICS, MotionTrack, aggregate_motion
 from avatar_engine.data.corpus import ClipEntry, EvalDataset, ImageEntry, load_dataset
 
 __all__ = ["EvalConfig", "SheetRow", "SequenceReport", "Failure", "EvalResult", "run_evaluation",
-           "SELF_METRICS", "CROSS_METRICS"]
+           "SELF_METRICS", "CROSS_METRICS", "MOTION_METRICS"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -108,15 +118,19 @@ class EvalConfig:
         size: face-crop side the renderers work and are scored at (256 or 512).
         max_frames_per_clip: scored frames per clip (self) and driving frames per pair (cross); None = all.
         identity_every: identity descriptors on every N-th scored frame (dlib costs ~90 ms a face).
+        self_reenactment: run self-reenactment.
         cross: run cross-reenactment.
         cross_drivers: driving clips per cross-reenactment photo.
         clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
         region_margin: growth of the mouth / eye masks, in inter-ocular distances.
+        face_layers: draw the renderers' face layers and retarget the lids by open ratio (False: the
+            plain renderers with additive lid retargeting, for before / after comparisons).
         device: torch device of the renderers.
         backend: their inference backend (``avatar_engine.backends.BACKEND_CHOICES``).
         sheet_frames: columns (frames) per row of the contact sheet.
         sheet_thumb: side of a contact-sheet thumbnail in pixels.
-        progress: show a progress bar (stderr).
+        progress: show a progress bar (stderr); without it, one log line (logger ``avatar_engine``,
+            INFO) per clip / pair with the time elapsed and an estimate of the time left.
     """
 
     data: Path
@@ -125,11 +139,13 @@ class EvalConfig:
     size: int = 256
     max_frames_per_clip: int | None = None
     identity_every: int = 5
+    self_reenactment: bool = True
     cross: bool = True
     cross_drivers: int = 2
     clip_ids: tuple[str, ...] | None = None
     image_ids: tuple[str, ...] | None = None
     region_margin: float = 0.1
+    face_layers: bool = True
     device: str = "cpu"
     backend: str = "eager"
     sheet_frames: int = 6
@@ -155,10 +171,10 @@ class EvalConfig:
         return {
             "data": str(self.data), "split": self.split, "renderers": list(self.renderers), "size": self.size,
             "max_frames_per_clip": self.max_frames_per_clip, "identity_every": self.identity_every,
-            "cross": self.cross, "cross_drivers": self.cross_drivers,
+            "self": self.self_reenactment, "cross": self.cross, "cross_drivers": self.cross_drivers,
             "clip_ids": None if self.clip_ids is None else list(self.clip_ids),
             "image_ids": None if self.image_ids is None else list(self.image_ids),
-            "region_margin": self.region_margin, "device": self.device, "flow": dict(self.flow.__dict__),
+            "region_margin": self.region_margin, "face_layers": self.face_layers, "device": self.device, "flow": dict(self.flow.__dict__),
             "same_person_threshold": SAME_PERSON_THRESHOLD,
         }
 
@@ -180,7 +196,10 @@ class SequenceReport:
         item: clip id (self) or ``"<image id>/<driver clip id>"`` (cross).
         info: identities, source frame, frame counts.
         metrics: renderer -> metric key -> value (``nan`` where nothing could be scored).
-        sheet: contact-sheet rows (ground truth or driver first, then one per renderer).
+        sheet: contact-sheet rows (ground truth or driver first, then one per renderer, then the
+            motion moments: reference and outputs at the widest mouth, most sideways gaze, most
+            closed eyes).
+        motion: the face signals of the reference and the outputs (pooled by :meth:`EvalResult.aggregate`).
     """
 
     kind: str
@@ -188,6 +207,7 @@ class SequenceReport:
     info: dict[str, object]
     metrics: dict[str, dict[str, float]]
     sheet: list[SheetRow]
+    motion: MotionTrack | None = None
 
 
 @dataclass
@@ -209,12 +229,17 @@ class EvalResult:
     failures: list[Failure]
 
     def aggregate(self, kind: str) -> dict[str, dict[str, float]]:
-        """renderer -> metric -> mean over the clips (``kind="self"``) or pairs (``"cross"``)."""
+        """renderer -> metric -> mean over the clips (``kind="self"``) or pairs (``"cross"``); the
+        motion metrics (:data:`MOTION_METRICS`) pooled over the sequences instead
+        (:func:`~avatar_engine.eval.motion.aggregate_motion`)."""
         reports = self.self_reports if kind == "self" else self.cross_reports
         keys = [k for k, _ in (SELF_METRICS if kind == "self" else CROSS_METRICS)]
+        tracks = [r.motion for r in reports if r.motion is not None]
         out: dict[str, dict[str, float]] = {}
         for name in self.config.renderers:
             out[name] = {k: _mean([r.metrics[name][k] for r in reports]) for k in keys}
+            if tracks:
+                out[name].update(aggregate_motion(tracks, name))
         return out
 
 
@@ -242,6 +267,13 @@ def _thumb(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
 
 
+def _moment_rows(item: str, track: MotionTrack, reference: str) -> list[SheetRow]:
+    """Contact-sheet rows of a sequence's motion moments (reference thumbnail, then the outputs)."""
+    names = "|".join((reference,) + track.renderers)
+    return [SheetRow(f"{item} {m.name} f{m.frame}: {names}", m.thumbs) for m in
+            (track.moments[k] for k in MOMENTS) if m.frame >= 0]
+
+
 def _sheet_indices(total: int, columns: int) -> set[int]:
     """``columns`` evenly spaced indices in ``[0, total)``."""
     if total <= 0:
@@ -258,10 +290,14 @@ class _Evaluator:
         self.identity = IdentityEncoder(IdentityConfig())
         self.renderers: dict[str, Renderer] = {n: create_renderer(n, config.device, backend=config.backend)
                                                  for n in config.renderers}
+        if not config.face_layers:
+            for r in self.renderers.values():
+                r.layers = None
+        self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers))
         self._source_ids: dict[str, np.ndarray | None] = {}
 
     def _reenactors(self, stack: contextlib.ExitStack, source: SourceFace) -> dict[str, Reenactor]:
-        return {name: stack.enter_context(Reenactor(source, r, ReenactConfig(paste_back=False)))
+        return {name: stack.enter_context(Reenactor(source, r, self.reenact))
                 for name, r in self.renderers.items()}
 
     def _pose(self, series: _Series, out_pts: np.ndarray, ref: np.ndarray) -> None:
@@ -290,6 +326,7 @@ class _Evaluator:
         shown = _sheet_indices(planned, cfg.sheet_frames)
         series = {name: _Series() for name in cfg.renderers}
         gt_series = _Series()
+        track = MotionTrack(cfg.renderers)
         sheet = [SheetRow(f"{clip.clip_id} GT", [])] + [SheetRow(f"{clip.clip_id} {n}", []) for n in cfg.renderers]
         n = gt_no_face = driving_no_face = 0
         with contextlib.ExitStack() as stack:
@@ -310,8 +347,10 @@ class _Evaluator:
                 id_frame = n % cfg.identity_every == 0
                 gt_id = self.identity.embed(gt, gt_pts) if id_frame and gt_pts is not None else None
                 src_id = self._source_id(source) if id_frame else None
+                gt_thumb = _thumb(gt, cfg.sheet_thumb)
+                track.begin_frame(gt_pts, gt, gt_pts, gt_thumb)
                 if n in shown:
-                    sheet[0].frames.append(_thumb(gt, cfg.sheet_thumb))
+                    sheet[0].frames.append(gt_thumb)
                 for k, (name, reenactor) in enumerate(reenactors.items()):
                     res = reenactor.step(rgb, t)
                     if k == 0:
@@ -322,11 +361,14 @@ class _Evaluator:
                     if s.prev is not None:
                         s.add("flicker", metrics.warp_error(s.prev, out, cfg.flow))
                     s.prev = out
+                    out_thumb = _thumb(out, cfg.sheet_thumb)
                     if n in shown:
-                        sheet[k + 1].frames.append(_thumb(out, cfg.sheet_thumb))
+                        sheet[k + 1].frames.append(out_thumb)
+                    out_pts = None
                     if gt_pts is not None or id_frame:
-                        self._score_face(s, out, gt, gt_pts, masks, gt_id if id_frame else None,
-                                         src_id if id_frame else None)
+                        out_pts = self._score_face(s, out, gt, gt_pts, masks, gt_id if id_frame else None,
+                                                   src_id if id_frame else None)
+                    track.add_output(name, out, out_pts, out_thumb)
                 n += 1
         if n < 2:
             raise NoFaceError(f"only {n} frame(s) after the first face frame; need 2")
@@ -337,16 +379,19 @@ class _Evaluator:
             special = {"psnr": metrics.psnr_from_mse(s.mean("mse")), "flicker_gt": flicker_gt,
                        "flicker_ratio": flicker / flicker_gt if flicker_gt > 0 else math.nan}
             scores[name] = {k: special[k] if k in special else s.mean(k) for k, _ in SELF_METRICS}
+            scores[name].update(track.scores(name))
         info = {"identity": clip.identity, "source_frame": source_index, "frames": n, "gt_no_face": gt_no_face,
-                "driving_no_face": driving_no_face}
-        return SequenceReport("self", clip.clip_id, info, scores, sheet)
+                "driving_no_face": driving_no_face, **track.event_counts()}
+        sheet += _moment_rows(clip.clip_id, track, "GT")
+        return SequenceReport("self", clip.clip_id, info, scores, sheet, track)
 
     def _score_face(self, s: _Series, out: np.ndarray, gt: np.ndarray, gt_pts: np.ndarray | None,
-                    masks: dict[str, np.ndarray] | None, gt_id: np.ndarray | None, src_id: np.ndarray | None) -> None:
+                    masks: dict[str, np.ndarray] | None, gt_id: np.ndarray | None,
+                    src_id: np.ndarray | None) -> np.ndarray | None:
         """Region, landmark and identity scores of one self-reenactment output frame.
 
         Region and landmark scores need ``gt_pts``; identity distances are taken when ``gt_id`` /
-        ``src_id`` are given (identity frames).
+        ``src_id`` are given (identity frames). Returns the landmarks detected on ``out`` (or None).
         """
         out_pts = self.detector.detect(out)
         if gt_pts is not None and masks is not None:
@@ -356,7 +401,7 @@ class _Evaluator:
             if out_pts is not None:
                 self._pose(s, out_pts, gt_pts)
         if out_pts is None or (gt_id is None and src_id is None):
-            return
+            return out_pts
         out_id = self.identity.embed(out, out_pts)
         if out_id is not None and gt_id is not None:
             d = self.identity.distance(out_id, gt_id)
@@ -364,6 +409,7 @@ class _Evaluator:
             s.add("same_person_gt", d < SAME_PERSON_THRESHOLD)
         if out_id is not None and src_id is not None:
             s.add("identity_source", self.identity.distance(out_id, src_id))
+        return out_pts
 
     @staticmethod
     def _tracked_landmarks(rgb: np.ndarray) -> np.ndarray | None:
@@ -398,6 +444,7 @@ class _Evaluator:
         item = f"{image.image_id}/{driver.clip_id}"
         sheet = [SheetRow(f"{item} driver", [])] + [SheetRow(f"{item} {n}", []) for n in cfg.renderers]
         series = {name: _Series() for name in cfg.renderers}
+        track = MotionTrack(cfg.renderers)
         n = driving_no_face = 0
         driver_crop = None
         with contextlib.ExitStack() as stack:
@@ -416,17 +463,22 @@ class _Evaluator:
                 driving_no_face += not first.face_found
                 if driver_crop is None and first.driving is not None:
                     driver_crop = crop_from_landmarks(first.driving, CropConfig(size=cfg.sheet_thumb))
+                driver_thumb = (driver_crop.crop_image(rgb) if driver_crop is not None
+                                else _thumb(rgb, cfg.sheet_thumb))
                 if n in shown:
-                    sheet[0].frames.append(driver_crop.crop_image(rgb) if driver_crop is not None
-                                           else _thumb(rgb, cfg.sheet_thumb))
+                    sheet[0].frames.append(driver_thumb)
+                track.begin_frame(first.target if first.face_found else None, rgb, first.driving, driver_thumb)
                 for k, (name, res) in enumerate(results.items()):
                     s = series[name]
                     out = res.crop
+                    out_thumb = _thumb(out, cfg.sheet_thumb)
                     if n in shown:
-                        sheet[k + 1].frames.append(_thumb(out, cfg.sheet_thumb))
+                        sheet[k + 1].frames.append(out_thumb)
                     if not res.face_found and not id_frame:
+                        track.add_output(name, out, None, out_thumb)
                         continue
                     out_pts = self.detector.detect(out)
+                    track.add_output(name, out, out_pts, out_thumb)
                     if res.face_found:
                         s.add("output_no_face", out_pts is None)
                         if out_pts is not None:
@@ -441,15 +493,17 @@ class _Evaluator:
         if n == driving_no_face:
             raise NoFaceError(f"no face in any of the {n} driving frames")
         keys = [k for k, _ in CROSS_METRICS]
-        scores = {name: {k: s.mean(k) for k in keys} for name, s in series.items()}
+        scores = {name: {**{k: s.mean(k) for k in keys}, **track.scores(name)} for name, s in series.items()}
         info = {"image": image.image_id, "identity": image.identity, "driver": driver.clip_id,
-                "driver_identity": driver.identity, "frames": n, "driving_no_face": driving_no_face}
-        return SequenceReport("cross", item, info, scores, sheet)
+                "driver_identity": driver.identity, "frames": n, "driving_no_face": driving_no_face,
+                **track.event_counts()}
+        sheet += _moment_rows(item, track, "driver")
+        return SequenceReport("cross", item, info, scores, sheet, track)
 
 
 def _select(dataset: EvalDataset, config: EvalConfig) -> tuple[list[ClipEntry], list[ImageEntry], list[ClipEntry]]:
-    clips = list(dataset.clips)
-    if config.clip_ids is not None:
+    clips = list(dataset.clips) if config.self_reenactment else []
+    if config.self_reenactment and config.clip_ids is not None:
         known = {c.clip_id for c in clips}
         missing = [c for c in config.clip_ids if c not in known]
         if missing:
@@ -492,20 +546,33 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
     with contextlib.ExitStack() as stack:
         evaluator = _Evaluator(config, stack)
         bar = stack.enter_context(tqdm(total=total, unit="item", desc="eval", disable=not config.progress))
+        if not config.progress:
+            log.info("eval: %d clip(s) self, %d photo/driver pair(s) cross, renderers %s", len(clips),
+                     len(images) * len(drivers), ", ".join(config.renderers))
+        started, finished = time.monotonic(), [0]
+
+        def done(item: str, count: int = 1) -> None:
+            bar.update(count)
+            finished[0] += count
+            if not config.progress:  # a log line per item where no bar is drawn (stderr is a file)
+                elapsed = time.monotonic() - started
+                log.info("eval: %d/%d %s (%.0f s elapsed, ~%.0f s left)", finished[0], total, item, elapsed,
+                         elapsed / finished[0] * (total - finished[0]))
+
         for clip in clips:
             bar.set_postfix_str(clip.clip_id)
             try:
                 result.self_reports.append(evaluator.self_reenactment(clip))
             except AvatarError as exc:
                 fail("self", clip.clip_id, exc)
-            bar.update(1)
+            done(f"self {clip.clip_id}")
         for image in images:
             try:
                 source = prepare_source(image.path, SourceConfig(size=config.size))
             except AvatarError as exc:
                 for driver in drivers:
                     fail("cross", f"{image.image_id}/{driver.clip_id}", exc)
-                bar.update(len(drivers))
+                done(f"cross {image.image_id}", len(drivers))
                 continue
             for driver in drivers:
                 bar.set_postfix_str(f"{image.image_id}/{driver.clip_id}")
@@ -513,5 +580,5 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
                     result.cross_reports.append(evaluator.cross_reenactment(image, source, driver))
                 except AvatarError as exc:
                     fail("cross", f"{image.image_id}/{driver.clip_id}", exc)
-                bar.update(1)
+                done(f"cross {image.image_id}/{driver.clip_id}")
     return result

@@ -42,6 +42,7 @@ import numpy as np
 
 from avatar_engine.face import topology
 from avatar_engine.face.crop import face_extent
+from avatar_engine.geometry.eyes import retarget_lids
 
 __all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "soft_limit", "MotionRetargeter"]
 
@@ -65,6 +66,8 @@ class RetargetConfig:
         pose_tolerance_deg: pose differences between the driver's neutral and the source up to this
             are transferred relatively, the excess absolutely (see the module docstring); None = always
             relative.
+        lid_ratio: eyelid openings as the source's times the driver's open ratio
+            (:func:`avatar_engine.geometry.eyes.retarget_lids`) instead of additive.
     """
 
     expression_scale: float = 1.0
@@ -78,6 +81,7 @@ class RetargetConfig:
     soft_scale: float = 0.15
     pose_tolerance_deg: float | None = 12.0
     crop_margin: float | None = 0.04
+    lid_ratio: bool = True
 
     def __post_init__(self) -> None:
         for soft, hard in (("soft_rotation_deg", "max_rotation_deg"), ("soft_translation", "max_translation"),
@@ -296,6 +300,8 @@ class MotionRetargeter:
         expression = motion.inverse().apply(pts) - self._neutral
         b = self._to_source
         y = self.source + (cfg.expression_scale * b.scale) * expression @ b.rotation.T
+        if cfg.lid_ratio:
+            y = retarget_lids(y, self.source, self._neutral, self._neutral + expression)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)
         centre_s = b.apply(centre_n[None])[0].astype(np.float64)
         r_res = b.rotation if cfg.pose_tolerance_deg is None else _clamp_rotation(b.rotation, cfg.pose_tolerance_deg)

@@ -7,6 +7,10 @@ A renderer turns a prepared source portrait and target landmarks into an output 
 The source-only work (tensors on the device, triangulations, encoder features, identity codes) is
 done once per source and cached under ``source.key``; calling ``render`` with a new source
 re-prepares.
+
+Every renderer's output then gets the face layers (:mod:`avatar_engine.geometry.face_layers`: eyes
+that follow the gaze and close, a mouth interior with teeth) unless its ``layers`` is None (the
+``source`` renderer, the no-motion baseline, has none).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 
 from avatar_engine.face.source import SourceFace
+from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
 
 __all__ = ["Renderer"]
 
@@ -25,15 +30,21 @@ class Renderer(ABC):
 
     Args:
         device: torch device the renderer runs on.
+
+    Attributes:
+        layers: face layers drawn over every output (None: off); set before the first ``render``.
     """
 
     name: str = ""
     backend: str = "eager"
     """Inference backend requested for this renderer's graph and the stages after it (the SR step)."""
+    default_layers: FaceLayersConfig | None = FaceLayersConfig()
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.layers: FaceLayersConfig | None = self.default_layers
         self._source_key: str | None = None
+        self._layers: FaceLayers | None = None
 
     def render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
         """Render the source face at the target landmarks.
@@ -46,9 +57,12 @@ class Renderer(ABC):
         """
         if self._source_key != source.key:
             self._prepare(source)
+            self._layers = None if self.layers is None else FaceLayers(source.crop_image, source.landmarks, self.layers)
             self._source_key = source.key
+        target = np.asarray(target, np.float32)
         with torch.inference_mode():
-            return self._render(source, np.asarray(target, np.float32))
+            image = self._render(source, target)
+        return image if self._layers is None else self._layers.apply(image, target)
 
     @abstractmethod
     def _prepare(self, source: SourceFace) -> None:

@@ -13,6 +13,7 @@ class SourceRenderer(Renderer):
     """The unmoved source crop, whatever the target: the no-motion baseline."""
 
     name = "source"
+    default_layers = None  # the unmoved photo: nothing drawn over it
 
     def _prepare(self, source: SourceFace) -> None:
         pass

@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 
 import numpy as np
@@ -73,11 +74,20 @@ def test_report_on_two_val_clips(two_runs):
     assert pair["frames"] == FRAMES and pair["driver_identity"] == "P004"
     assert pair["metrics"]["source"]["identity_source"] == 0.0
     assert pair["metrics"]["mesh"]["identity_source"] < 0.6
-    # markdown: renderers side by side; contact sheet: 2 clips x 3 rows + 1 pair x 3 rows
+    # motion transfer: the still photo is frozen, the mesh follows the mouth
+    for clip in selfr["clips"]:
+        src, mesh = clip["metrics"]["source"], clip["metrics"]["mesh"]
+        assert src["mouth_open_ratio"] == 0.0 and src["mouth_open_corr"] is None
+        assert mesh["mouth_open_corr"] > 0.8 and mesh["mouth_open_ratio"] > 0.5
+        assert clip["teeth_frames"] >= 0 and clip["closed_eye_frames"] >= 0
+    assert agg["mesh"]["mouth_open_corr"] > 0.8 and agg["source"]["mouth_open_ratio"] == 0.0
+    assert pair["metrics"]["mesh"]["mouth_open_corr"] > 0.8
+    # markdown: renderers side by side; contact sheet: 2 clips x (3 rows + 3 moments) + 1 pair x (3 + 3)
     md = out.with_suffix(".md").read_text()
     assert "| metric | source | mesh |" in md and "## Cross-reenactment" in md
+    assert "## Motion transfer, self-reenactment" in md and "| mouth opening (inner lips) | – / 0.00 |" in md
     sheet = read_image(out.with_suffix(".png"))
-    assert sheet.shape[0] == 9 * 96 + 2 * 6 and sheet.shape[1] == 200 + 6 * 96
+    assert sheet.shape[0] == 18 * 96 + 2 * 6 and sheet.shape[1] == 200 + 6 * 96
     printed = two_runs[1]
     assert "mesh: self: PSNR" in printed and "wrote" in printed
 
@@ -88,7 +98,7 @@ def test_rerun_is_identical(two_runs):
     assert a.with_suffix(".md").read_text() == b.with_suffix(".md").read_text()
 
 
-def test_failures_are_reported_not_silent(data_dir, tmp_path):
+def test_failures_are_reported_not_silent(data_dir, tmp_path, caplog):
     """A missing clip and a clip without a face are excluded with their reason; the rest is scored."""
     noface = tmp_path / "noface.mp4"
     with VideoWriter(noface, 25, (128, 128)) as w:
@@ -103,8 +113,11 @@ def test_failures_are_reported_not_silent(data_dir, tmp_path):
         wr.writerow(["B1", "train", "X4", "missing/other_split.mp4"])
     ds = load_dataset(tmp_path, "val")
     assert [c.clip_id for c in ds.clips] == ["A1", "A2", "A3"] and ds.images == ()
-    result = run_evaluation(EvalConfig(data=tmp_path, renderers=("source",), max_frames_per_clip=3,
-                                       identity_every=3))
+    with caplog.at_level(logging.INFO, logger="avatar_engine"):
+        result = run_evaluation(EvalConfig(data=tmp_path, renderers=("source",), max_frames_per_clip=3,
+                                           identity_every=3))
+    # without a progress bar (stderr not a terminal), one log line per item
+    assert "eval: 1/3 self A1" in caplog.text and "eval: 3/3 self A3" in caplog.text
     assert [r.item for r in result.self_reports] == ["A1"]
     reasons = {f.item: f.reason for f in result.failures}
     assert set(reasons) == {"A2", "A3"}
@@ -122,4 +135,7 @@ def test_bad_options(data_dir, tmp_path, capsys):
     assert "C999" in capsys.readouterr().err
     with pytest.raises(AvatarError):
         EvalConfig(data=data_dir, max_frames_per_clip=1)
+    with pytest.raises(AvatarError, match="nothing to evaluate"):
+        run_evaluation(EvalConfig(data=data_dir, self_reenactment=False, cross=False))
+    assert EvalConfig(data=data_dir, face_layers=False).describe()["face_layers"] is False
     assert not (tmp_path / "r.json").exists()

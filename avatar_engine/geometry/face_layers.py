@@ -1,0 +1,43 @@
+"""Face layers: the eye and mouth layers drawn over any renderer's output crop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from avatar_engine.geometry.eyes import EyeLayer, EyeLayerConfig
+from avatar_engine.geometry.mouth import MouthLayer, MouthLayerConfig
+
+__all__ = ["FaceLayersConfig", "FaceLayers"]
+
+
+@dataclass(frozen=True)
+class FaceLayersConfig:
+    """Which layers to draw, and their options (None: that layer is off)."""
+
+    eyes: EyeLayerConfig | None = field(default_factory=EyeLayerConfig)
+    mouth: MouthLayerConfig | None = field(default_factory=MouthLayerConfig)
+
+
+class FaceLayers:
+    """The layers of one source: ``FaceLayers(crop, points).apply(rendered, target) -> crop``.
+
+    Args:
+        crop: ``(S, S, 3) uint8`` source crop.
+        points: ``(478, 2|3)`` source landmarks in crop pixels.
+        config: which layers.
+    """
+
+    def __init__(self, crop: np.ndarray, points: np.ndarray, config: FaceLayersConfig = FaceLayersConfig()):
+        self.config = config
+        self.eyes = EyeLayer(crop, points, config.eyes) if config.eyes is not None else None
+        self.mouth = MouthLayer(crop, points, config.mouth) if config.mouth is not None else None
+
+    def apply(self, image: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """``image (S, S, 3) uint8`` rendered at ``target (478, 2|3)`` -> the same with the layers drawn."""
+        out = image
+        if self.eyes is not None:
+            out = self.eyes.apply(out, target)
+        if self.mouth is not None:
+            out = self.mouth.apply(out, target)
+        return out

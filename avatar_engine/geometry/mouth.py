@@ -1,0 +1,140 @@
+"""The mouth layer: a mouth interior (cavity, upper and lower teeth) where the target opens wider than the source.
+
+A warp can only stretch what the source shows: a closed source mouth opened by the driver becomes
+stretched lips. Inside the target's inner-lip opening this layer draws a procedural interior in the
+source's colours, blended in by how much wider the target opens than the source:
+
+* the cavity: the source's lip colour, darkened;
+* the upper teeth: a band under the upper inner lip (up to ``upper_teeth`` inter-ocular distances
+  high, at most ``upper_share`` of the opening), in a teeth colour set by the face's brightness, with
+  darker gaps between teeth (narrowing towards the corners) and shaded towards the corners;
+* the lower teeth: a narrower, darker band above the lower lip once the mouth is wide open.
+
+A source that already shows an open mouth keeps its own interior (the warp moves it) until the
+target opens clearly wider. Landmarks ``(478, 2|3)`` in crop pixels; see :mod:`.openings`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from avatar_engine.face import topology
+from avatar_engine.geometry.openings import Opening, opening_frame, patch_around
+
+__all__ = ["MouthLayerConfig", "MouthLayer", "MOUTH"]
+
+MOUTH = Opening(tuple(int(i) for i in topology.INNER_LIPS_LOOP), 78, 308)
+"""The inner-lip opening, split at the mouth corners."""
+
+_OUTER_EYE_CORNERS = (33, 263)
+_SKIN_POINTS = (4, 5, 195, 197, 50, 280)  # nose bridge and cheeks: the face's brightness
+_TOOTH_EDGES = (0.0, 0.13, 0.23, 0.31, 0.37)  # gaps between teeth, in mouth widths from the middle
+
+
+@dataclass(frozen=True)
+class MouthLayerConfig:
+    """Options of the mouth layer.
+
+    Attributes:
+        ramp: the interior is blended in over this much extra opening (target gap minus source gap,
+            in mouth widths); ``source_teeth_offset`` more when the source shows teeth itself.
+        upper_teeth: visible height of the upper teeth, inter-ocular distances; at most
+            ``upper_share`` of the opening.
+        lower_teeth, lower_share: the same for the lower teeth, which show from ``lower_from``
+            (opening in inter-ocular distances).
+        teeth_colour: RGB of the teeth at a face brightness of 170 (scaled with the face, within 0.6..1.1).
+        teeth_span: teeth show for ``|u|`` below this (mouth widths from the middle).
+        cavity_darkness: the cavity is the lip colour times this.
+    """
+
+    ramp: float = 0.06
+    source_teeth_offset: float = 0.08
+    upper_teeth: float = 0.085
+    upper_share: float = 0.6
+    lower_teeth: float = 0.035
+    lower_share: float = 0.25
+    lower_from: float = 0.2
+    teeth_colour: tuple[float, float, float] = (226.0, 219.0, 203.0)
+    teeth_span: float = 0.4
+    cavity_darkness: float = 0.35
+
+
+def _teeth_share(block: np.ndarray, inside: np.ndarray) -> float:
+    """Share of bright, low-saturation pixels in ``block (h, w, 3) uint8`` where ``inside``."""
+    if not inside.any():
+        return 0.0
+    hsv = cv2.cvtColor(block, cv2.COLOR_RGB2HSV)[inside]
+    return float(((hsv[:, 1] < 90) & (hsv[:, 2] > 120)).mean())
+
+
+class MouthLayer:
+    """The mouth interior of one source (see the module docstring), built from the source crop
+    ``crop (S, S, 3) uint8`` and its landmarks ``points (478, 2|3)``: lip and face colours, the source's
+    own opening and whether it shows teeth."""
+
+    def __init__(self, crop: np.ndarray, points: np.ndarray, config: MouthLayerConfig = MouthLayerConfig()):
+        self.config = config
+        p = np.asarray(points, np.float64)[:, :2]
+        self.frame = opening_frame(p, MOUTH)
+        self.source_gap = self.frame.gap()
+        skin = np.array([crop[int(np.clip(p[i, 1], 0, crop.shape[0] - 1)), int(np.clip(p[i, 0], 0, crop.shape[1] - 1))]
+                         for i in _SKIN_POINTS], np.float64)
+        brightness = float(np.clip(np.median(skin.mean(axis=1)) / 170.0, 0.6, 1.1))
+        self.teeth = np.asarray(config.teeth_colour) * brightness
+        outer = patch_around(p[topology.OUTER_LIPS_IDX], 0.0, crop.shape[:2])
+        lips_mask = np.zeros(crop.shape[:2], np.uint8)
+        cv2.fillPoly(lips_mask, [np.round(p[topology.OUTER_LIPS_LOOP] - 0.5).astype(np.int32)], 1)
+        cv2.fillPoly(lips_mask, [np.round(p[topology.INNER_LIPS_LOOP] - 0.5).astype(np.int32)], 0)
+        lips = crop[lips_mask.astype(bool)]
+        lip = np.median(lips, axis=0) if len(lips) else np.array([150.0, 80.0, 80.0])
+        self.cavity = lip * config.cavity_darkness
+        inner = patch_around(p[topology.INNER_LIPS_IDX], 0.0, crop.shape[:2])
+        shows = False
+        if not inner.empty and not outer.empty:
+            block = crop[inner.y0:inner.y1, inner.x0:inner.x1]
+            u, v = self.frame.to_frame(inner.xy)
+            inside = (np.abs(u) < 0.5) & (v > self.frame.upper(u)) & (v < self.frame.lower(u))
+            shows = inside.sum() >= 12 and _teeth_share(np.ascontiguousarray(block), inside) >= 0.1
+        self.source_shows_teeth = shows
+
+    def apply(self, image: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Draw the interior of ``target (478, 2|3)``'s mouth onto ``image (S, S, 3) uint8`` (a new array)."""
+        cfg = self.config
+        t = np.asarray(target, np.float64)[:, :2]
+        tgt = opening_frame(t, MOUTH)
+        offset = cfg.source_teeth_offset if self.source_shows_teeth else 0.0
+        weight = float(np.clip((tgt.gap() - self.source_gap - offset) / cfg.ramp, 0.0, 1.0))
+        if weight <= 0.0 or tgt.width < 2.0 or not np.isfinite(tgt.origin).all():
+            return image
+        patch = patch_around(t[list(MOUTH.loop)], 1.0, image.shape[:2])
+        if patch.empty:
+            return image
+        iod = float(np.linalg.norm(t[_OUTER_EYE_CORNERS[0]] - t[_OUTER_EYE_CORNERS[1]]))
+        w = tgt.width
+        u, v = tgt.to_frame(patch.xy)
+        up, lo = tgt.upper(u), tgt.lower(u)
+        gap_px = np.maximum(lo - up, 0.0) * w
+        below_up, above_lo = (v - up) * w, (lo - v) * w  # px from the upper / lower inner lip
+        across = np.abs(u)
+        colour = self.cavity * (0.75 + 0.5 * np.minimum(across, 0.5))[..., None]
+        shade = np.clip(1.0 - 0.6 * (across / cfg.teeth_span) ** 2, 0.0, 1.0)
+        gaps = np.min(np.abs(across[..., None] - np.asarray(_TOOTH_EDGES)), axis=-1) * w
+        lip_shadow = 1.0 - 0.3 * np.exp(-np.maximum(below_up, 0.0) / 1.2)
+        tooth = self.teeth * (shade * lip_shadow * (1.0 - 0.18 * np.exp(-gaps / 0.5)))[..., None]
+        span = np.clip((cfg.teeth_span - across) * w, 0.0, 1.0)
+        h_up = np.minimum(cfg.upper_teeth * iod, cfg.upper_share * gap_px)
+        upper_a = (np.clip(h_up - below_up + 0.5, 0.0, 1.0) * span)[..., None]
+        colour = upper_a * tooth + (1.0 - upper_a) * colour
+        if tgt.gap() * w >= cfg.lower_from * iod:
+            h_lo = np.minimum(cfg.lower_teeth * iod, cfg.lower_share * gap_px)
+            lower_a = (np.clip(h_lo - above_lo + 0.5, 0.0, 1.0) * np.clip((0.75 * cfg.teeth_span - across) * w, 0, 1))
+            colour = lower_a[..., None] * (0.85 * tooth) + (1.0 - lower_a[..., None]) * colour
+        alpha = (weight * np.clip(np.minimum(below_up, above_lo) + 0.5, 0.0, 1.0)
+                 * np.clip((0.5 - across) * w + 0.5, 0.0, 1.0))[..., None]
+        out = image.copy()
+        block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
+        out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
+                                                            ).astype(np.uint8)
+        return out
