@@ -31,33 +31,48 @@ from avatar_engine.config import config_from_dict
 from avatar_engine.errors import AvatarError, InputFileError
 from avatar_engine.training.ddp import DistInfo, all_reduce_mean
 
-__all__ = ["load_toml_config", "seed_all", "Checkpoint", "RunLog", "LoopPeriods", "LoopResult", "run_steps"]
+__all__ = ["read_toml", "load_toml_config", "seed_all", "Checkpoint", "RunLog", "LoopPeriods", "LoopResult", "run_steps"]
 
 
-def load_toml_config(cls: type, path: str | Path, section: str | None = None,
-                     overrides: dict[str, Any] | None = None):
-    """Read TOML ``path`` (or its ``[section]``) into dataclass ``cls``; ``overrides`` (not None) replace
-    top-level values.
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """The TOML file ``path`` as a dict.
 
     Raises:
-        InputFileError: no such file. AvatarError: unreadable file, bad TOML, unknown keys or bad values.
+        InputFileError: no such file (``"<what> not found: <path>"``). AvatarError: unreadable or bad TOML.
     """
     import tomllib
 
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"config not found: {path}")
+        raise InputFileError(f"{what} not found: {path}")
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
-        if section is not None:
-            data = data.get(section, {})
-        data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        return config_from_dict(cls, data)
+            return tomllib.load(f)
     except OSError as exc:
-        raise AvatarError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
-        raise AvatarError(f"bad config {path}: {exc}") from None
+        raise AvatarError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise AvatarError(f"bad {what} {path}: {exc}") from None
+
+
+def load_toml_config(cls: type, path: str | Path, section: str | None = None,
+                     overrides: dict[str, Any] | None = None, what: str = "config",
+                     **fields: Any):
+    """Read TOML ``path`` (or its ``[section]``) into dataclass ``cls``
+    (:func:`avatar_engine.config.config_from_dict`: nested tables become nested dataclasses, unknown
+    keys are an error). ``overrides`` (values not None) replace top-level values; ``fields`` are
+    passed as they are (e.g. nested configs the caller built).
+
+    Raises:
+        InputFileError: no such file. AvatarError: unreadable file, bad TOML, unknown keys or bad values.
+    """
+    data = read_toml(path, what)
+    if section is not None:
+        data = data.get(section, {})
+    data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}, **fields}
+    try:
+        return config_from_dict(cls, data)
+    except (ValueError, TypeError) as exc:
+        raise AvatarError(f"bad {what} {path}: {exc}") from None
 
 
 def seed_all(seed: int) -> None:
