@@ -10,6 +10,8 @@ For every config, path and stage (``warp``; ``joint``; ``joint+D`` with the patc
   as ``avatar-engine train`` runs it), after warm-up (and compilation) steps;
 * **GFLOP/s**: FLOPs of one step (``torch.utils.flop_counter``: forward + backward of the generator,
   and of the discriminator in ``joint+D``) times steps/s;
+* **CPU ms/pair**: process CPU time (all threads) of data + step per pair, in-process: the cost the
+  load of a shared machine does not inflate (2000 / it ~ pairs/s on two idle cores if threads scaled);
 * **profile** (ms per step, measured in-process one part after the other): ``read`` (crops,
   landmarks, identity codes from the memory-mapped cache), ``mesh+lines`` (mesh warp grids and
   connectivity images), ``forward`` and ``losses`` (plain path; one compiled graph ``fwd+loss`` on
@@ -199,6 +201,11 @@ def run(config: Path, path: str, stage: str, args, clips) -> dict[str, object]:
         one()
     dt = (time.perf_counter() - t0) / args.steps
     del it, loader
+    # CPU cost per pair, in-process (data + step, all threads): what the load does not inflate
+    c0 = time.process_time()
+    for k in range(100, 103):
+        st(to_device(data[k], "cpu", cfg.model, st.channels_last), full)
+    cpu_ms = (time.process_time() - c0) / 3 / args.batch * 1000
     # profile, in-process
     batches = [to_device(data[k], "cpu", cfg.model, st.channels_last) for k in range(3)]
     parts: dict[str, float] = {}
@@ -209,7 +216,7 @@ def run(config: Path, path: str, stage: str, args, clips) -> dict[str, object]:
     read, geo = _data_profile(path, cfg, clips, data if path == "fast" else None, args.batch, 3)
     flops = _flops(cfg, stage, batches[0]) if args.flops else float("nan")
     return {"config": config.stem, "path": path, "stage": stage, "pairs_s": args.batch / dt,
-            "gflops": flops / 1e9 / dt, "gflop_pair": flops / 1e9 / args.batch, "warmup_s": warm,
+            "gflops": flops / 1e9 / dt, "gflop_pair": flops / 1e9 / args.batch, "warmup_s": warm, "cpu_ms": cpu_ms,
             "read": read, "geo": geo, **parts}
 
 
@@ -233,15 +240,15 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f}; batch {args.batch}, "
           f"{sum(len(c) for c in clips)} {args.split} frames in {len(clips)} clips")
     cols = ("read", "geo", "forward", "losses", "fwd+loss", "backward", "optim")
-    print("| config | path | stage | pairs/s | GFLOP/pair | GFLOP/s | " + " | ".join(cols) + " |")
-    print("|---|---|---|---|---|---|" + "---|" * len(cols))
+    print("| config | path | stage | pairs/s | GFLOP/pair | GFLOP/s | CPU ms/pair | " + " | ".join(cols) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(cols))
     for config in args.configs:
         for path in args.paths:
             for stage in args.stages:
                 r = run(config, path, stage, args, clips)
                 cells = " | ".join(f"{r[c]:.0f}" if c in r else "" for c in cols)
                 print(f"| {r['config']} | {path} | {stage} | {r['pairs_s']:.2f} | {r['gflop_pair']:.2f} | "
-                      f"{r['gflops']:.1f} | {cells} |", flush=True)
+                      f"{r['gflops']:.1f} | {r['cpu_ms']:.0f} | {cells} |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f} (profile columns: ms per step; geo = mesh warp + "
           "connectivity images)")
 

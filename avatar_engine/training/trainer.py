@@ -1,7 +1,10 @@
 """Training loop of the neural base model (``avatar-engine train``).
 
-Data: self-reenactment pairs from the ``prepare`` cache (:class:`avatar_engine.data.prepare.PairDataset`);
-each pair gets its mesh-warp grid (the geometric prior) in the data-loader workers.
+Data: self-reenactment pairs from the ``prepare`` cache, whole batches built in the data-loader workers
+(:class:`avatar_engine.training.batches.PairBatches`: ``batch_size / drivings`` sources with ``drivings``
+driving frames each, mesh-warp grids and connectivity images included). The step is the shared fast
+step (:func:`avatar_engine.training.step.build_step`, switches in the ``[step]`` table); the loop,
+checkpoint and log are the trainer core's (:mod:`avatar_engine.training.core`).
 
 Stages (as in the paper): steps ``[0, warp_steps)`` train the warping network alone (loss on the
 warped image); then warp + refinement together, the warping network at ``warp_lr_scale`` times the
@@ -11,7 +14,7 @@ image also gets ``gan * LSGAN + feature_matching * FM`` from a multi-scale patch
 conditioned on the target connectivity image (our stand-in for the unavailable pretrained VGG loss).
 
 Distribution: launched by ``torchrun``, every process trains a DistributedDataParallel replica on its
-own slice of the pair stream (:class:`StepSampler`); rank 0 logs, validates and writes checkpoints.
+own slice of the batch stream (:class:`StepSampler`); rank 0 logs, validates and writes checkpoints.
 Without torchrun the same command runs in one process (CPU or GPU). On CUDA the forward passes run
 under bfloat16 autocast.
 
