@@ -81,37 +81,37 @@ def _plain_batches(cfg, clips, batch: int):
 
 
 def _data_profile(path: str, cfg, clips, batches, batch: int, n: int) -> tuple[float, float]:
-    """(read ms, mesh+lines ms) per batch."""
+    """(read ms, mesh+lines ms) per batch: reading the pairs' arrays, then their mesh grids and
+    connectivity images as the path computes them (plain: one mesh per pair; fast: one per source,
+    no mesh cache)."""
     read = geo = 0.0
-    if path == "plain":
-        pairs = PairDataset(clips, PairConfig(min_gap=cfg.min_gap, seed=cfg.seed))
-        for k in range(n):
+    pairs = PairDataset(clips, PairConfig(min_gap=cfg.min_gap, seed=cfg.seed))
+    lines = cfg.model.connectivity_rasterizer()
+    for k in range(n):
+        if path == "plain":
             t0 = time.perf_counter()
             items = [pairs[k * batch + j] for j in range(batch)]
             t1 = time.perf_counter()
             for it in items:
                 MeshWarp(it["source_points"].numpy(), cfg.model.size, cfg.model.mesh_warp_config()).grid(
                     it["driving_points"][None])
-            pts = torch.stack([it["driving_points"] for it in items])
-            NeuralAvatar(cfg.model).config.connectivity(pts)  # the plain path draws both inside the model
-            NeuralAvatar(cfg.model).config.connectivity(pts)
-            t2 = time.perf_counter()
-            read, geo = read + t1 - t0, geo + t2 - t1
-    else:
-        for k in range(n):
+            s_pts = torch.stack([it["source_points"] for it in items])
+            d_pts = torch.stack([it["driving_points"] for it in items])
+        else:
+            draws = batches.draw(k)
             t0 = time.perf_counter()
-            full = batches[k]
+            arrays = [(np.asarray(c.frames[src]), np.asarray(c.frames[drv]), np.asarray(c.landmarks[src]),
+                       np.asarray(c.landmarks[drv], np.float32), np.asarray(c.identity[src]))
+                      for c, src, drv in ((batches.pairs.clips[ci], src, drv) for ci, src, drv in draws)]
             t1 = time.perf_counter()
-            read += t1 - t0
-            # the geometry share: rebuild meshes (cache off) and lines for the same draws
-            batches._meshes.clear()
-            t2 = time.perf_counter()
-            for ci, src, drv in batches.draw(k):
-                batches._mesh(ci, src).planes(torch.from_numpy(np.asarray(batches.pairs.clips[ci].landmarks[drv])))
-            cfg.model.connectivity(full["source_points"], batches.lines)
-            cfg.model.connectivity(full["driving_points"], batches.lines)
-            geo += time.perf_counter() - t2
-        read -= geo  # the batch time included the geometry
+            for (ci, src, drv), a in zip(draws, arrays):
+                MeshWarp(a[2], cfg.model.size, cfg.model.mesh_warp_config()).planes(torch.from_numpy(a[3]))
+            s_pts = torch.from_numpy(np.concatenate([np.repeat(a[2][None], len(a[3]), 0) for a in arrays]))
+            d_pts = torch.from_numpy(np.concatenate([a[3] for a in arrays]))
+        cfg.model.connectivity(s_pts, lines)
+        cfg.model.connectivity(d_pts, lines)
+        t2 = time.perf_counter()
+        read, geo = read + t1 - t0, geo + t2 - t1
     return read / n * 1000, geo / n * 1000
 
 
