@@ -186,6 +186,14 @@ def _signed_area(tri: torch.Tensor) -> torch.Tensor:
     return 0.5 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0])
 
 
+def planes_to_grid(planes: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 2, R, R)`` grid planes (:meth:`MeshWarp.planes`) -> ``(B, S, S, 2)`` grid at ``size`` S:
+    bilinear upsampling when R < S, as a channels-last view of planar memory (see :meth:`MeshWarp.grid`)."""
+    if planes.shape[-1] != size:
+        planes = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False)
+    return planes.permute(0, 2, 3, 1)
+
+
 def _split_loop(loop: Sequence[int], a: int, b: int) -> Tuple[List[int], List[int]]:
     """A closed loop through ``a`` and ``b`` -> its two chains, each running from ``a`` to ``b``."""
     loop = [int(v) for v in loop]
@@ -528,12 +536,15 @@ class MeshWarp:
         ``config.flow_size`` and upsampled bilinearly when that is smaller than S. The result is a
         channels-last view of planar memory (what grid_sample reads fastest); ``.contiguous()`` if needed.
         """
+        return planes_to_grid(self.planes(target_points), self.size)
+
+    def planes(self, target_points: TensorLike) -> torch.Tensor:
+        """The grid at the flow resolution R, before upsampling: ``(B, 478, 2|3)`` px -> ``(B, 2, R, R)``
+        normalised (x, y planes); :func:`planes_to_grid` turns it into :meth:`grid`'s result (4x fewer
+        values to store or send than the grid when R = S / 2)."""
         tgt = self._sanitize(target_points)
         verts = self._vertices(tgt[..., :2]) * (self.flow_size / self.size)  # (B, V, 2) px at R
-        planes = self._sample(verts, self._owners(verts, self._depth(tgt)))
-        if self.flow_size != self.size:
-            planes = F.interpolate(planes, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return planes.permute(0, 2, 3, 1)
+        return self._sample(verts, self._owners(verts, self._depth(tgt)))
 
     def triangle_map(self, target_points: TensorLike) -> torch.Tensor:
         """Owning triangle of every pixel (at the flow resolution R): ``(B, R, R)`` int64, -1 if uncovered.

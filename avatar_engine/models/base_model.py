@@ -71,6 +71,17 @@ class NeuralConfig:
             raise ValueError(f"need size % 4 == 0, flow_size % 16 == 0 and size % flow_size == 0, "
                              f"got size={self.size}, flow_size={self.flow_size}")
 
+    def connectivity_rasterizer(self) -> ConnectivityRasterizer:
+        """The rasterizer of the networks' connectivity images (at ``flow_size``, ``line_width`` px there)."""
+        return ConnectivityRasterizer(self.flow_size, RasterConfig(line_width=self.line_width, scale_with_size=False))
+
+    def connectivity(self, points: torch.Tensor, rasterizer: ConnectivityRasterizer | None = None) -> torch.Tensor:
+        """``(B, 478, 2|3)`` crop px -> ``(B, 3, R, R)`` connectivity image in ``[-1, 1]`` (the networks' input).
+
+        ``rasterizer``: :meth:`connectivity_rasterizer` (built here when None)."""
+        lines = rasterizer if rasterizer is not None else self.connectivity_rasterizer().to(points.device)
+        return lines(points[..., :2].float() * (self.flow_size / self.size)) * 2.0 - 1.0
+
     def mesh_warp_config(self) -> WarpConfig:
         """The mesh warp of the geometric prior (the mesh renderer's, at ``mesh_flow_size``)."""
         return WarpConfig(flow_size=self.mesh_flow_size)
@@ -117,40 +128,45 @@ class NeuralAvatar(nn.Module):
         self.config = cfg = config or NeuralConfig()
         self.warp_net = WarpNet(cfg.warp)
         self.refine_net = RefineNet(cfg.refine)
-        self.lines = ConnectivityRasterizer(cfg.flow_size, RasterConfig(line_width=cfg.line_width,
-                                                                        scale_with_size=False))
+        self.lines = cfg.connectivity_rasterizer()
 
     def _lines(self, points: torch.Tensor, rasterizer: ConnectivityRasterizer | None = None) -> torch.Tensor:
         """``(B, 478, 2|3)`` crop px -> ``(B, 3, R, R)`` connectivity image in ``[-1, 1]``, drawn by
         ``rasterizer`` (default: the model's own)."""
-        scale = self.config.flow_size / self.config.size
-        return (rasterizer or self.lines)(points[..., :2].float() * scale) * 2.0 - 1.0
+        return self.config.connectivity(points, rasterizer or self.lines)
 
-    def encode_source(self, source: torch.Tensor, source_points: torch.Tensor, z_id: torch.Tensor) -> NeuralSourceCache:
+    def encode_source(self, source: torch.Tensor, source_points: torch.Tensor | None, z_id: torch.Tensor,
+                      source_lines: torch.Tensor | None = None) -> NeuralSourceCache:
         """Source-only work.
 
         Args:
             source: ``(B, 3, S, S)`` float in ``[0, 1]``.
-            source_points: ``(B, 478, 2|3)`` source landmarks in crop px.
+            source_points: ``(B, 478, 2|3)`` source landmarks in crop px (unused when ``source_lines`` is given).
             z_id: ``(B, 128)`` identity embedding of the source (dlib descriptor).
+            source_lines: ``(B, 3, R, R)`` the source's connectivity image
+                (:meth:`NeuralConfig.connectivity`), when already computed (training batches).
         """
         img = source * 2.0 - 1.0
         r = self.config.flow_size
         small = F.adaptive_avg_pool2d(img, r)
-        return NeuralSourceCache(img, self.warp_net.encode_source(small, self._lines(source_points)),
+        lines = source_lines if source_lines is not None else self._lines(source_points)
+        return NeuralSourceCache(img, self.warp_net.encode_source(small, lines),
                                  self.refine_net.encode_source(img, z_id))
 
-    def forward(self, cache: NeuralSourceCache, target_points: torch.Tensor, mesh_grid: torch.Tensor,
-                refine: bool = True) -> NeuralOutput:
+    def forward(self, cache: NeuralSourceCache, target_points: torch.Tensor | None, mesh_grid: torch.Tensor,
+                refine: bool = True, target_lines: torch.Tensor | None = None) -> NeuralOutput:
         """Render frames.
 
         Args:
             cache: from :meth:`encode_source` (batch 1 or B).
-            target_points: ``(B, 478, 2|3)`` target landmarks in crop px.
+            target_points: ``(B, 478, 2|3)`` target landmarks in crop px (unused when ``target_lines`` is given).
             mesh_grid: ``(B, S, S, 2)`` the mesh warp's grid for these targets.
             refine: False skips the refinement network (``image`` is then ``warped``; training's warp stage).
+            target_lines: ``(B, 3, R, R)`` the targets' connectivity images, when already computed.
         """
-        return self.render_lines(cache, self._lines(target_points), mesh_grid, refine)
+        if target_lines is None:
+            target_lines = self._lines(target_points)
+        return self.render_lines(cache, target_lines, mesh_grid, refine)
 
     def render_lines(self, cache: NeuralSourceCache, target_lines: torch.Tensor, mesh_grid: torch.Tensor,
                      refine: bool = True) -> NeuralOutput:

@@ -8,12 +8,14 @@ returns a single-process :class:`DistInfo` and nothing is initialised.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_mean"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "distributed", "all_reduce_mean"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,16 @@ def cleanup_distributed() -> None:
     """Leave the process group (no-op when none)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device: str = "auto") -> Iterator[DistInfo]:
+    """``with distributed(device) as info:`` joins the torchrun process group (if any) for the block and
+    always leaves it afterwards, also on errors (see :func:`init_distributed`)."""
+    try:
+        yield init_distributed(device)
+    finally:
+        cleanup_distributed()
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

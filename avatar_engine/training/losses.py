@@ -22,15 +22,20 @@ def _gaussian(size: int, sigma: float, device, dtype) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM (Gaussian window, per channel) of two image batches in ``[-1, 1]`` -> scalar in ``[-1, 1]``."""
+    """Mean SSIM (Gaussian window, per channel, valid region) of two image batches in ``[-1, 1]`` -> scalar in ``[-1, 1]``.
+
+    The separable blur is written as weighted sums of shifted slices rather than a depthwise
+    convolution: the same numbers, and under ``torch.compile`` one fused loop (the depthwise 11-tap
+    convolution ran at under 2 GFLOP/s on the CPU and was the largest single cost of the training step).
+    """
     x, y = (a.float() + 1) / 2, (b.float() + 1) / 2
-    c = x.shape[1]
     g = _gaussian(window, sigma, x.device, x.dtype)
-    kx = g.view(1, 1, 1, window).expand(c, 1, 1, window)
-    ky = g.view(1, 1, window, 1).expand(c, 1, window, 1)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, kx, groups=c), ky, groups=c)
+        w = t.shape[-1] - window + 1
+        t = sum(g[k] * t[..., k:k + w] for k in range(window))
+        h = t.shape[-2] - window + 1
+        return sum(g[k] * t[..., k:k + h, :] for k in range(window))
 
     mx, my = blur(x), blur(y)
     sxx = blur(x * x) - mx * mx

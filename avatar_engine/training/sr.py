@@ -22,8 +22,9 @@ ground-truth optical flow (Farneback on the 512 ground truth, newest -> previous
 Schedule (paper 3.3): stage ``2d`` trains the frame-by-frame network (``frames = 1``); stage ``3d``
 inflates its kernels (:func:`avatar_engine.models.sr_net.inflate`) and fine-tunes the temporal network.
 
-Runs are resumable (``<run>/last_<stage>.pt``: model, optimiser, scheduler, step), run under ``torchrun`` with
-DDP (gloo on CPU, nccl on CUDA; each rank draws its own samples), show a tqdm bar on rank 0 and
+Runs use the trainer core (:mod:`avatar_engine.training.core`): they are resumable (``<run>/last_<stage>.pt``:
+model, optimiser, scheduler, step, written atomically), log ``<run>/loss_log_<stage>.jsonl``, run under
+``torchrun`` with DDP (gloo on CPU, nccl on CUDA; each rank draws its own samples), show a tqdm bar on rank 0 and
 export ``<run>/sr_<stage>.safetensors`` (loadable by :func:`avatar_engine.pipeline.super_resolution.load_sr_net`).
 """
 from __future__ import annotations
@@ -33,8 +34,6 @@ import json
 import logging
 import math
 import os
-import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +48,8 @@ from avatar_engine.errors import AvatarError, InputFileError
 from avatar_engine.geometry.flow import optical_flow
 from avatar_engine.models.sr_net import SRConfig, SRNet, inflate
 from avatar_engine.pipeline.super_resolution import load_sr_net, save_sr_weights
-from avatar_engine.training.ddp import init_distributed
+from avatar_engine.training.core import Checkpoint, LoopPeriods, RunLog, load_toml_config, read_toml, run_steps, seed_all
+from avatar_engine.training.ddp import distributed
 from avatar_engine.training.losses import ssim as ssim_signed
 
 __all__ = ["SRTrainConfig", "load_train_config", "build_render_inputs", "SRWindowDataset", "ssim_torch",
@@ -122,25 +122,19 @@ class SRTrainConfig:
 
 def load_train_config(path: str | Path, **overrides: object) -> SRTrainConfig:
     """Read a ``configs/sr_*.toml`` (``[model]`` = :class:`SRConfig`, ``[degrade]`` =
-    :class:`~avatar_engine.data.degrade.DegradeConfig`, ``[train]`` = the rest).
+    :class:`~avatar_engine.data.degrade.DegradeConfig`, ``[train]`` = the rest) with the trainer core's
+    loader (:func:`~avatar_engine.training.core.load_toml_config`).
 
     ``overrides`` (not None) replace ``[train]`` values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"SR config not found: {path}")
+    data = read_toml(path, "SR config")
     try:
-        data = tomllib.loads(path.read_text())
         model = SRConfig.from_dict(dict(data.get("model", {})))
         degrade = DegradeConfig.from_dict(dict(data.get("degrade", {})))
-    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise AvatarError(f"bad SR config {path}: {exc}") from None
-    train = {**data.get("train", {}), **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(SRTrainConfig)} - {"model", "degrade"}
-    unknown = set(train) - known
-    if unknown:
-        raise AvatarError(f"bad SR config {path}: unknown [train] options {', '.join(sorted(unknown))}")
-    return SRTrainConfig(model=model, degrade=degrade, **train)
+    return load_toml_config(SRTrainConfig, path, section="train", overrides=overrides, what="SR config",
+                            model=model, degrade=degrade)
 
 
 def _segment_sides(clip: PreparedClip) -> np.ndarray:
@@ -334,83 +328,80 @@ def _initial_net(config: SRTrainConfig) -> SRNet:
 
 
 def train_sr(config: SRTrainConfig) -> SRTrainReport:
-    """Run (or resume) one training stage; returns the exported weights and the last losses."""
+    """Run (or resume) one training stage; returns the exported weights and the last losses.
+
+    On the trainer core (:mod:`avatar_engine.training.core`): the process group is joined and left
+    (:func:`~avatar_engine.training.ddp.distributed`), ``last_<stage>.pt`` written atomically, losses
+    logged to ``<run>/loss_log_<stage>.jsonl``.
+    """
     from avatar_engine.models.sr_net import count_flops
 
-    info = init_distributed(config.device)
-    rank, world, device = info.rank, info.world_size, info.device
-    start = time.perf_counter()
-    run = config.run_dir
-    ckpt_path = run / f"last_{config.stage}.pt"
-    net = _initial_net(config).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.99))
-    step = 0
-    scheduler_state = None
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if SRConfig.from_dict(ckpt["model_config"]) != net.config:
-            raise AvatarError(f"checkpoint {ckpt_path} has another network shape; use another run directory")
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        scheduler_state = ckpt["scheduler"]
-        log.info("resumed %s at step %d", ckpt_path, step)
-    model: torch.nn.Module = net
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    with distributed(config.device) as info:
+        rank, world, device = info.rank, info.world_size, info.device
+        seed_all(config.seed)
+        run = config.run_dir
+        ckpt = Checkpoint(run / f"last_{config.stage}.pt", info.is_main)
+        net = _initial_net(config).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.99))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / max(1, config.steps))))
+        step = 0
+        state = ckpt.load(device)
+        if state is not None:
+            if SRConfig.from_dict(state["model_config"]) != net.config:
+                raise AvatarError(f"checkpoint {ckpt.path} has another network shape; use another run directory")
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["scheduler"])
+            step = int(state["step"])
+            log.info("resumed %s at step %d", ckpt.path, step)
+        model: torch.nn.Module = net
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    clips256 = load_prepared(config.cache, config.split, 256)
-    clips512 = load_prepared(config.cache, config.split, 512)
-    render_inputs = {}
-    if config.render_fraction > 0:
-        for c in clips256:
-            f = config.inputs / config.split / c.clip_id / "mesh_256.npy"
-            if f.is_file():
-                render_inputs[c.clip_id] = np.load(f, mmap_mode="r")
-        if not render_inputs:
-            log.warning("no renderer inputs under %s: training on cut crops only (run build_render_inputs)",
-                        config.inputs)
-    dataset = SRWindowDataset(clips256, clips512, config.model.frames + 1, config.patch, render_inputs,
-                              config.render_fraction, config.min_source_side,
-                              length=config.steps * config.batch, seed=config.seed * 1000 + rank,
-                              degrade=config.degrade)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / max(1, config.steps))))
-    if scheduler_state is not None:
-        schedule.load_state_dict(scheduler_state)
-    losses: dict[str, float] = {}
-    bar = tqdm(total=config.steps, initial=step, unit="step", desc=f"train sr {config.stage}",
-               disable=not (config.progress and rank == 0), leave=False)
+        clips256 = load_prepared(config.cache, config.split, 256)
+        clips512 = load_prepared(config.cache, config.split, 512)
+        render_inputs = {}
+        if config.render_fraction > 0:
+            for c in clips256:
+                f = config.inputs / config.split / c.clip_id / "mesh_256.npy"
+                if f.is_file():
+                    render_inputs[c.clip_id] = np.load(f, mmap_mode="r")
+            if not render_inputs:
+                log.warning("no renderer inputs under %s: training on cut crops only (run build_render_inputs)",
+                            config.inputs)
+        dataset = SRWindowDataset(clips256, clips512, config.model.frames + 1, config.patch, render_inputs,
+                                  config.render_fraction, config.min_source_side,
+                                  length=config.steps * config.batch, seed=config.seed * 1000 + rank,
+                                  degrade=config.degrade)
+        # sample numbers of steps [step, steps): deterministic, resumable at any step
+        loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch,
+                                             sampler=range(step * config.batch, config.steps * config.batch))
+        batches = ({k: v.to(device) for k, v in b.items()} for b in loader)
+        current = {"losses": {}}
 
-    def save() -> None:
-        if rank == 0:
-            run.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "scheduler": schedule.state_dict(),
-                        "model_config": dataclasses.asdict(net.config), "losses": losses}, tmp)
-            os.replace(tmp, ckpt_path)
+        def one_step(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+            current["losses"] = training_step(model, batch, opt, config)
+            schedule.step()
+            return current["losses"]
 
-    while step < config.steps:
-        idx = range(step * config.batch, (step + 1) * config.batch)
-        items = [dataset[i] for i in idx]
-        batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
-        losses = training_step(model, batch, opt, config)
-        schedule.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(l1=f"{losses['l1']:.4f}", ssim=f"{losses['ssim']:.3f}", tmp=f"{losses['temporal']:.4f}")
-        if step % config.save_every == 0 or step == config.steps:
-            save()
-    bar.close()
-    weights = run / f"sr_{config.stage}.safetensors"
-    if rank == 0:
-        save()
-        meta = {"stage": config.stage, "steps": str(step), "split": config.split,
-                "losses": json.dumps(losses), "train_config": json.dumps(
-                    {k: str(v) for k, v in dataclasses.asdict(config).items() if k != "model"})}
-        save_sr_weights(net, weights, meta)
-    flops = count_flops(net.eval())
-    if world > 1:
-        torch.distributed.barrier()
-    return SRTrainReport(weights, step, time.perf_counter() - start, losses, flops)
+        def save(at: int) -> None:
+            ckpt.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at,
+                       "scheduler": schedule.state_dict(), "model_config": dataclasses.asdict(net.config),
+                       "losses": current["losses"]})
+
+        result = run_steps(batches, one_step, step, config.steps, save, info,
+                           LoopPeriods(log_every=10, checkpoint_every=config.save_every),
+                           RunLog(run / f"loss_log_{config.stage}.jsonl", info.is_main),
+                           progress=config.progress, desc=f"train sr {config.stage}")
+        weights = run / f"sr_{config.stage}.safetensors"
+        if info.is_main:
+            meta = {"stage": config.stage, "steps": str(result.step), "split": config.split,
+                    "losses": json.dumps(current["losses"]), "train_config": json.dumps(
+                        {k: str(v) for k, v in dataclasses.asdict(config).items() if k != "model"})}
+            save_sr_weights(net, weights, meta)
+        flops = count_flops(net.eval())
+        if world > 1:
+            torch.distributed.barrier()
+        return SRTrainReport(weights, result.step, result.seconds, current["losses"], flops)

@@ -1,7 +1,10 @@
 """Training loop of the neural base model (``avatar-engine train``).
 
-Data: self-reenactment pairs from the ``prepare`` cache (:class:`avatar_engine.data.prepare.PairDataset`);
-each pair gets its mesh-warp grid (the geometric prior) in the data-loader workers.
+Data: self-reenactment pairs from the ``prepare`` cache, whole batches built in the data-loader workers
+(:class:`avatar_engine.training.batches.PairBatches`: ``batch_size / drivings`` sources with ``drivings``
+driving frames each, mesh-warp grids and connectivity images included). The step is the shared fast
+step (:func:`avatar_engine.training.step.build_step`, switches in the ``[step]`` table); the loop,
+checkpoint and log are the trainer core's (:mod:`avatar_engine.training.core`).
 
 Stages (as in the paper): steps ``[0, warp_steps)`` train the warping network alone (loss on the
 warped image); then warp + refinement together, the warping network at ``warp_lr_scale`` times the
@@ -11,7 +14,7 @@ image also gets ``gan * LSGAN + feature_matching * FM`` from a multi-scale patch
 conditioned on the target connectivity image (our stand-in for the unavailable pretrained VGG loss).
 
 Distribution: launched by ``torchrun``, every process trains a DistributedDataParallel replica on its
-own slice of the pair stream (:class:`StepSampler`); rank 0 logs, validates and writes checkpoints.
+own slice of the batch stream (:class:`StepSampler`); rank 0 logs, validates and writes checkpoints.
 Without torchrun the same command runs in one process (CPU or GPU). On CUDA the forward passes run
 under bfloat16 autocast.
 
@@ -27,57 +30,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import cv2
-import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
+from avatar_engine.config import config_from_dict
 from avatar_engine.data.prepare import PairConfig, PairDataset, load_prepared
 from avatar_engine.errors import AvatarError
-from avatar_engine.models.base_model import NeuralAvatar, NeuralConfig, config_from_dict, save_weights
-from avatar_engine.geometry.rasterizer import ConnectivityRasterizer
 from avatar_engine.geometry.mesh_warp import MeshWarp, WarpConfig
-from avatar_engine.training import losses
-from avatar_engine.training.ddp import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from avatar_engine.models.base_model import NeuralAvatar, NeuralConfig, load_model, save_weights
+from avatar_engine.training.batches import BatchConfig, PairBatches, to_device
+from avatar_engine.training.core import Checkpoint, LoopPeriods, RunLog, load_toml_config, run_steps, seed_all
+from avatar_engine.training.ddp import DistInfo, distributed
 from avatar_engine.training.discriminator import DiscriminatorConfig, MultiScaleDiscriminator
+from avatar_engine.training.step import LossConfig, OptimConfig, StepOptions, build_step
 
 __all__ = ["LossConfig", "OptimConfig", "TrainConfig", "TrainReport", "MeshPairs", "StepSampler", "train",
            "export_weights", "load_train_config"]
 
 log = logging.getLogger("avatar_engine")
-
-
-@dataclass
-class LossConfig:
-    """Loss weights (see the module docstring)."""
-
-    l1: float = 1.0
-    ssim: float = 1.0
-    region: float = 5.0
-    region_margin: float = 0.25
-    warp: float = 1.0
-    gan: float = 0.05
-    feature_matching: float = 1.0
-
-
-@dataclass
-class OptimConfig:
-    """Adam settings (MetaPortrait's: 2e-4, betas (0.5, 0.999), warp at 0.1x in the joint stage)."""
-
-    lr: float = 2e-4
-    d_lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    warp_lr_scale: float = 0.1
-    grad_clip: float = 1.0
 
 
 @dataclass
@@ -89,12 +63,18 @@ class TrainConfig:
         steps: total optimisation steps (both stages).
         warp_steps: steps of the warp-only stage.
         batch_size: pairs per step and process.
+        drivings: driving frames per source in a batch (divides ``batch_size``; a source's mesh is
+            built once for all of them: :class:`~avatar_engine.training.batches.PairBatches`).
         seed: base seed (pairs, initialisation).
         num_workers: data-loader worker processes per training process (0: in-process).
         min_gap: smallest frame distance of a (source, driving) pair.
         train_split / val_split: cache splits to train on and to validate on.
         val_every / val_pairs / val_images: validation period (steps), pairs scored, rows in the PNG.
         checkpoint_every / log_every: periods in steps.
+        step: the fast path's switches (``[step]`` table: compile, channels_last, fused_adam).
+        init: weights (safetensors, :func:`~avatar_engine.models.base_model.load_model`) to start a new
+            run from, at step ``init_step`` (e.g. ``warp_steps``: fine-tuning in the joint stage);
+            ignored when the run folder has a checkpoint.
     """
 
     model: NeuralConfig = field(default_factory=NeuralConfig)
@@ -104,6 +84,7 @@ class TrainConfig:
     steps: int = 2000
     warp_steps: int = 300
     batch_size: int = 4
+    drivings: int = 1
     seed: int = 0
     num_workers: int = 1
     min_gap: int = 1
@@ -114,29 +95,32 @@ class TrainConfig:
     val_images: int = 4
     checkpoint_every: int = 100
     log_every: int = 10
+    step: StepOptions = field(default_factory=StepOptions)
+    init: str | None = None
+    init_step: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.warp_steps < 0 or self.batch_size < 1:
             raise ValueError("steps and warp_steps must be >= 0 and batch_size >= 1")
+        if self.drivings < 1 or self.batch_size % self.drivings:
+            raise ValueError(f"drivings ({self.drivings}) must be >= 1 and divide batch_size ({self.batch_size})")
+
+    def batch_config(self) -> BatchConfig:
+        return BatchConfig(groups=self.batch_size // self.drivings, drivings=self.drivings, min_gap=self.min_gap,
+                           seed=self.seed)
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a TOML training config (unknown keys are an error)."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-        return config_from_dict(TrainConfig, data)
-    except OSError as exc:
-        raise AvatarError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
-        raise AvatarError(f"bad config {path}: {exc}") from None
+    return load_toml_config(TrainConfig, path)
 
 
 class MeshPairs(torch.utils.data.Dataset):
     """A :class:`PairDataset` whose items also carry ``mesh_grid (S, S, 2)``: the mesh warp of the source
-    to the driving landmarks (:class:`~avatar_engine.geometry.mesh_warp.MeshWarp` with ``warp_config``)."""
+    to the driving landmarks (:class:`~avatar_engine.geometry.mesh_warp.MeshWarp` with ``warp_config``).
+
+    The plain per-pair path (validation pairs, and the reference the batched
+    :class:`~avatar_engine.training.batches.PairBatches` is tested against)."""
 
     def __init__(self, pairs: PairDataset, size: int, warp_config: WarpConfig):
         self.pairs, self.size, self.warp_config = pairs, size, warp_config
@@ -152,34 +136,18 @@ class MeshPairs(torch.utils.data.Dataset):
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Global pair numbers for one process: step ``k`` gives rank ``r`` the numbers
-    ``(k * world + r) * batch + j``, ``j < batch``, for ``k`` in ``[start_step, steps)``. Deterministic
-    and resumable at any step; processes never share a pair (the role of a DistributedSampler)."""
+    """Batch numbers for one process: step ``k`` gives rank ``r`` batch ``k * world + r`` of
+    :class:`~avatar_engine.training.batches.PairBatches`, for ``k`` in ``[start_step, steps)``.
+    Deterministic and resumable at any step; processes never share a batch (the role of a DistributedSampler)."""
 
-    def __init__(self, start_step: int, steps: int, batch: int, rank: int = 0, world: int = 1):
-        self.start, self.steps, self.batch, self.rank, self.world = start_step, steps, batch, rank, world
+    def __init__(self, start_step: int, steps: int, rank: int = 0, world: int = 1):
+        self.start, self.steps, self.rank, self.world = start_step, steps, rank, world
 
     def __iter__(self) -> Iterator[int]:
-        for k in range(self.start, self.steps):
-            base = (k * self.world + self.rank) * self.batch
-            yield from range(base, base + self.batch)
+        return iter(range(self.start * self.world + self.rank, self.steps * self.world, self.world))
 
     def __len__(self) -> int:
-        return max(self.steps - self.start, 0) * self.batch
-
-
-class _Generator(nn.Module):
-    """DDP-wrappable forward of one batch: source encoding + rendering."""
-
-    def __init__(self, model: NeuralAvatar):
-        super().__init__()
-        self.model = model
-
-    def forward(self, source: torch.Tensor, source_points: torch.Tensor, z_id: torch.Tensor,
-                driving_points: torch.Tensor, mesh_grid: torch.Tensor, refine: bool):
-        cache = self.model.encode_source(source, source_points, z_id)
-        out = self.model(cache, driving_points, mesh_grid, refine=refine)
-        return out.image, out.warped
+        return max(self.steps - self.start, 0)
 
 
 @dataclass
@@ -196,138 +164,39 @@ class TrainReport:
     fingerprint: float
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    out["source"] = out["source"].float() / 255.0
-    out["driving"] = out["driving"].float() / 255.0
-    return out
-
-
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
 class _Trainer:
+    """Model, discriminator, the shared fast step (:func:`~avatar_engine.training.step.build_step`) and
+    the checkpoint of one run."""
+
     def __init__(self, config: TrainConfig, cache: Path, output: Path, dist_info: DistInfo, progress: bool):
         self.cfg, self.cache, self.output, self.dist, self.progress = config, Path(cache), Path(output), dist_info, progress
-        _seed_all(config.seed)
+        seed_all(config.seed)
         dev = dist_info.device
         self.model = NeuralAvatar(config.model).to(dev)
         self.disc = MultiScaleDiscriminator(config.discriminator).to(dev)
-        o = config.optim
-        self.opt_g = torch.optim.Adam([{"params": self.model.warp_net.parameters(), "name": "warp"},
-                                       {"params": self.model.refine_net.parameters(), "name": "refine"}],
-                                      lr=o.lr, betas=o.betas)
-        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.d_lr, betas=o.betas)
-        self.lines = ConnectivityRasterizer(config.model.size).to(dev)
+        self.fast = build_step(self.model, config.loss, config.optim,
+                               self.disc if config.loss.uses_gan else None, config.step, dist_info.distributed)
         self.step = 0
-        self.ckpt_path = self.output / "checkpoint.pt"
-        if self.ckpt_path.is_file():
-            self._load_checkpoint()
-        self.stage: str | None = None
-        self.gen: nn.Module = _Generator(self.model)
-        self.disc_ddp: nn.Module = self.disc
-        self.autocast = dev.type == "cuda"
-
-    # ---------------------------------------------------------------- state
-    def _load_checkpoint(self) -> None:
-        state = torch.load(self.ckpt_path, map_location=self.dist.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.disc.load_state_dict(state["disc"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
-        if self.dist.is_main:
-            log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+        self.ckpt = Checkpoint(self.output / "checkpoint.pt", dist_info.is_main)
+        self.ckpt_path = self.ckpt.path
+        state = self.ckpt.load(dev)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.disc.load_state_dict(state["disc"])
+            self.fast.load_state_dict(state)
+            self.step = int(state["step"])
+            if dist_info.is_main:
+                log.info("resumed from %s at step %d", self.ckpt.path, self.step)
 
     def save_checkpoint(self) -> None:
-        if not self.dist.is_main:
-            return
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "disc": self.disc.state_dict(), "opt_g": self.opt_g.state_dict(),
-                    "opt_d": self.opt_d.state_dict(), "step": self.step,
-                    "config": dataclasses.asdict(self.cfg)}, tmp)
-        os.replace(tmp, self.ckpt_path)
-
-    def _enter_stage(self, stage: str) -> None:
-        """(Re)build the DDP wrappers and learning rates for ``warp`` or ``full``."""
-        if stage == self.stage:
-            return
-        self.stage = stage
-        full = stage == "full"
-        _set_requires_grad(self.model.refine_net, full)
-        o = self.cfg.optim
-        for g in self.opt_g.param_groups:
-            g["lr"] = (o.lr * o.warp_lr_scale if full else o.lr) if g["name"] == "warp" else (o.lr if full else 0.0)
-        gen = _Generator(self.model)
-        if self.dist.distributed:
-            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.gen = DDP(gen, device_ids=ids)
-            self.disc_ddp = DDP(self.disc, device_ids=ids) if full else self.disc
-        else:
-            self.gen, self.disc_ddp = gen, self.disc
-
-    # ---------------------------------------------------------------- one step
-    def _recon(self, x: torch.Tensor, gt: torch.Tensor, region: torch.Tensor, parts: dict[str, float],
-               prefix: str) -> torch.Tensor:
-        lc = self.cfg.loss
-        l1 = (x.float() - gt).abs().mean()
-        ss = losses.ssim(x, gt)
-        reg = losses.weighted_l1(x, gt, region)
-        parts[f"{prefix}_l1"], parts[f"{prefix}_ssim"], parts[f"{prefix}_region"] = (float(v.detach()) for v in (l1, ss, reg))
-        return lc.l1 * l1 + lc.ssim * (1 - ss) + lc.region * reg
+        self.ckpt.save({"model": self.model.state_dict(), "disc": self.disc.state_dict(), **self.fast.state_dict(),
+                        "step": self.step, "config": dataclasses.asdict(self.cfg)})
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg, lc = self.cfg, self.cfg.loss
-        full = self.step >= cfg.warp_steps
-        self._enter_stage("full" if full else "warp")
-        b = _batch_to(batch, self.dist.device)
-        gt = b["driving"] * 2 - 1
-        region = losses.region_weight_map(b["driving_points"], cfg.model.size, lc.region_margin)
-        parts: dict[str, float] = {}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            image, warped = self.gen(b["source"], b["source_points"], b["z_id"], b["driving_points"], b["mesh_grid"],
-                                     full)
-        loss = lc.warp * self._recon(warped, gt, region, parts, "warp")
-        use_gan = full and (lc.gan > 0 or lc.feature_matching > 0)
-        if full:
-            loss = loss + self._recon(image, gt, region, parts, "out")
-        if use_gan:
-            cond = self.lines(b["driving_points"][..., :2]) * 2 - 1
-            _set_requires_grad(self.disc, False)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                fake_logits, fake_feats = self.disc(torch.cat([image, cond], 1))
-                with torch.no_grad():
-                    _, real_feats = self.disc(torch.cat([gt, cond], 1))
-            g_gan = losses.lsgan_g_loss(fake_logits)
-            fm = losses.feature_matching(real_feats, fake_feats)
-            parts["g_gan"], parts["fm"] = float(g_gan.detach()), float(fm.detach())
-            loss = loss + lc.gan * g_gan + lc.feature_matching * fm
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.optim.grad_clip)
-        self.opt_g.step()
-        parts["loss"] = float(loss.detach())
-        if use_gan:
-            _set_requires_grad(self.disc, True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                logits, _ = self.disc_ddp(torch.cat([torch.cat([gt, cond], 1), torch.cat([image.detach(), cond], 1)], 0))
-            n = gt.shape[0]
-            d_loss = losses.lsgan_d_loss([lo[:n] for lo in logits], [lo[n:] for lo in logits])
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.optim.grad_clip)
-            self.opt_d.step()
-            parts["d_loss"] = float(d_loss.detach())
+        """One step on a CPU batch (:class:`~avatar_engine.training.batches.PairBatches`, or stacked
+        :class:`MeshPairs` items); the stage follows ``warp_steps``."""
+        b = to_device(batch, self.dist.device, self.cfg.model, self.fast.channels_last)
+        parts = self.fast(b, full=self.step >= self.cfg.warp_steps)
         self.step += 1
         return parts
 
@@ -343,7 +212,7 @@ class _Trainer:
         n = min(self.cfg.val_pairs, len(pairs))
         for start in range(0, n, self.cfg.batch_size):
             items = [pairs[i] for i in range(start, min(start + self.cfg.batch_size, n))]
-            b = _batch_to({k: torch.stack([it[k] for it in items]) for k in items[0]}, dev)
+            b = to_device({k: torch.stack([it[k] for it in items]) for k in items[0]}, dev, self.cfg.model)
             cache = self.model.encode_source(b["source"], b["source_points"], b["z_id"])
             out = self.model(cache, b["driving_points"], b["mesh_grid"])
             mesh = torch.nn.functional.grid_sample(b["source"], b["mesh_grid"], mode="bilinear",
@@ -391,63 +260,35 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
     """
     if steps is not None:
         config = dataclasses.replace(config, steps=steps)
-    dist_info = init_distributed(device)
-    try:
+    with distributed(device) as dist_info:
         output = Path(output)
         if dist_info.is_main:
             output.mkdir(parents=True, exist_ok=True)
             (output / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
         trainer = _Trainer(config, Path(cache), output, dist_info, progress)
-        train_pairs = MeshPairs(PairDataset(load_prepared(cache, config.train_split, config.model.size),
-                                            PairConfig(min_gap=config.min_gap, seed=config.seed)),
-                                config.model.size, config.model.mesh_warp_config())
+        if not trainer.ckpt.exists() and config.init:
+            trainer.model.load_state_dict(load_model(config.init).state_dict())
+            trainer.step = config.init_step
+        batches = PairBatches(load_prepared(cache, config.train_split, config.model.size), config.model,
+                              config.batch_config())
         val_pairs = _val_pairs(config, Path(cache)) if dist_info.is_main else None
         start = trainer.step
-        sampler = StepSampler(start, config.steps, config.batch_size, dist_info.rank, dist_info.world_size)
-        loader = torch.utils.data.DataLoader(train_pairs, batch_size=config.batch_size, sampler=sampler,
-                                             num_workers=config.num_workers, pin_memory=dist_info.device.type == "cuda",
-                                             persistent_workers=False)
-        t0 = time.time()
-        acc: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        n_acc = 0
-        last: dict[str, float] = {}
-        last_val: dict[str, float] = {}
-        log_path = output / "loss_log.jsonl"
-        bar = tqdm(total=config.steps, initial=start, desc="train", unit="step",
-                   disable=not (progress and dist_info.is_main))
+        sampler = StepSampler(start, config.steps, dist_info.rank, dist_info.world_size)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=sampler, num_workers=config.num_workers,
+                                             pin_memory=dist_info.device.type == "cuda",
+                                             prefetch_factor=4 if config.num_workers else None)
         trainer.model.train()
-        for batch in loader:
-            parts = trainer.train_step(batch)
-            for k, v in parts.items():
-                acc[k] = acc.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
-            n_acc += 1
-            bar.update(1)
-            step = trainer.step
-            if step % config.log_every == 0 or step == config.steps:
-                loss_mean = float(all_reduce_mean(torch.tensor(acc["loss"] / n_acc, device=dist_info.device)))
-                last = {k: v / counts[k] for k, v in acc.items()} | {"loss": loss_mean}
-                acc, counts, n_acc = {}, {}, 0
-                if dist_info.is_main:
-                    bar.set_postfix(loss=f"{loss_mean:.4f}")
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"kind": "train", "step": step, "time_s": round(time.time() - t0, 2),
-                                            **{k: round(v, 6) for k, v in last.items()}}) + "\n")
-            if dist_info.is_main and val_pairs is not None and (step % config.val_every == 0 or step == config.steps):
-                last_val = trainer.validate(val_pairs)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"kind": "val", "step": step, **{k: round(v, 5) for k, v in last_val.items()}}) + "\n")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                trainer.save_checkpoint()
-        bar.close()
-        if trainer.step == start:
+
+        def save(step: int) -> None:
             trainer.save_checkpoint()
+
+        result = run_steps(loader, trainer.train_step, start, config.steps, save, dist_info,
+                           LoopPeriods(config.log_every, config.checkpoint_every, config.val_every),
+                           RunLog(output / "loss_log.jsonl", dist_info.is_main),
+                           (lambda step: trainer.validate(val_pairs)) if val_pairs is not None else None, progress)
         fingerprint = float(sum(p.detach().double().abs().sum() for p in trainer.model.parameters()))
-        return TrainReport(trainer.step, trainer.step - start, time.time() - t0, last, last_val, trainer.ckpt_path,
-                           fingerprint)
-    finally:
-        cleanup_distributed()
+        return TrainReport(result.step, result.steps_this_run, result.seconds, result.last_losses, result.last_val,
+                           trainer.ckpt.path, fingerprint)
 
 
 def export_weights(checkpoint: str | Path, path: str | Path, half: bool = True,

@@ -14,6 +14,7 @@ from avatar_engine.data.prepare import PrepareConfig, prepare_dataset
 from avatar_engine.face.identity import IdentityEncoder
 from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.training.ddp import DistInfo
+from avatar_engine.training.step import StepOptions
 from avatar_engine.training.trainer import LossConfig, _Trainer, load_train_config, train
 from avatar_engine.io.video import iter_frames
 from avatar_engine.geometry.mesh_warp import MeshWarp
@@ -23,7 +24,7 @@ from conftest import REPO, free_port
 
 def _config(**kw):
     cfg = load_train_config(REPO / "configs/neural_lite.toml")
-    return dataclasses.replace(cfg, **kw)
+    return dataclasses.replace(cfg, **{"step": StepOptions(compile=False), **kw})
 
 
 def test_one_step_on_two_val_frames_lowers_the_loss(data_dir, tmp_path):
