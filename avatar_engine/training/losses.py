@@ -5,7 +5,6 @@ Images are ``(B, 3, H, W)`` float in ``[-1, 1]`` unless stated otherwise.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from avatar_engine.face import topology
 

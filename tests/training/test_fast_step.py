@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_engine.data.prepare import PairConfig, PairDataset, PrepareConfig, load_prepared, prepare_dataset
+from avatar_engine.data.prepare import PrepareConfig, load_prepared, prepare_dataset
 from avatar_engine.geometry.mesh_warp import MeshWarp
 from avatar_engine.models.base_model import NeuralAvatar
 from avatar_engine.training import step as step_mod
