@@ -61,6 +61,10 @@ class RetargetConfig:
         max_translation, soft_translation: the same for the head-centre displacement, in source face
             extents (the crop is 1.85 extents wide; 0.3 leaves the background rings room to the border).
         max_scale, soft_scale: the same for ``|log(scale change)|`` (0.25: x0.78 to x1.28).
+        expression_fade_deg: the driver's expression change is measured from landmarks the far half of
+            which mediapipe guesses once the head is turned far from the neutral; from ``[0]`` degrees of
+            turn it fades smoothly to ``expression_fade_floor`` of its size at ``[1]`` degrees.
+        expression_fade_floor: see ``expression_fade_deg``.
         crop_margin: with a ``crop_size``, the face oval is kept at least this fraction of the crop inside
             its border (the target is shifted back in, after the limits above); None = not kept.
         pose_tolerance_deg: pose differences between the driver's neutral and the source up to this
@@ -73,13 +77,15 @@ class RetargetConfig:
     expression_scale: float = 1.0
     pose: bool = True
     translation: bool = True
-    max_rotation_deg: float = 35.0
-    soft_rotation_deg: float = 25.0
+    max_rotation_deg: float = 30.0
+    soft_rotation_deg: float = 22.0
     max_translation: float = 0.3
     soft_translation: float = 0.2
     max_scale: float = 0.25
     soft_scale: float = 0.15
     pose_tolerance_deg: float | None = 12.0
+    expression_fade_deg: tuple[float, float] = (25.0, 50.0)
+    expression_fade_floor: float = 0.3
     crop_margin: float | None = 0.04
     lid_ratio: bool = True
 
@@ -299,7 +305,10 @@ class MotionRetargeter:
         motion = self.head_motion(pts)
         expression = motion.inverse().apply(pts) - self._neutral
         b = self._to_source
-        y = self.source + (cfg.expression_scale * b.scale) * expression @ b.rotation.T
+        fade_from, fade_to = cfg.expression_fade_deg
+        turn = min(max((_rotation_angle_deg(motion.rotation) - fade_from) / max(fade_to - fade_from, 1e-6), 0.0), 1.0)
+        fade = 1.0 - (1.0 - cfg.expression_fade_floor) * turn * turn * (3.0 - 2.0 * turn)  # smoothstep
+        y = self.source + (cfg.expression_scale * fade * b.scale) * expression @ b.rotation.T
         if cfg.lid_ratio:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)
