@@ -1,6 +1,6 @@
 """Before / after contact sheet of the face layers: teeth, gaze and blink frames of val clips.
 
-    python benchmarks/face_layers_sheet.py [--output reports/face_layers_before_after.png]
+    python benchmarks/face_layers_sheet.py [--output reports/face_layers_before_after.jpg]
 
 For each moment (a driving clip, a source: the clip's own first frame or a photo, and a frame: a
 number or the clip's widest mouth / most sideways gaze / most closed eyes, found with mediapipe on
@@ -118,7 +118,7 @@ def moment_rows(moment: Moment, data: Path, det: LandmarkDetector) -> np.ndarray
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--output", type=Path, default=Path("reports/face_layers_before_after.png"))
+    ap.add_argument("--output", type=Path, default=Path("reports/face_layers_before_after.jpg"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     with LandmarkDetector(LandmarkConfig(), static=True) as det:

@@ -94,7 +94,7 @@ def test_gaze_moves_the_iris(source, detector):
             assert pts is not None
             gaze.append(sig.face_signals(pts)["gaze_x"])
         measured[layers] = (gaze[1] - gaze[0]) / (shifts[1] - shifts[0])
-    assert measured[True] > 0.75 and measured[True] > measured[False] + 0.25, measured
+    assert measured[True] > 0.6 and measured[True] > measured[False] + 0.25, measured
 
 
 def test_closed_lids_read_as_closed(source, detector):
