@@ -19,19 +19,13 @@ rotation never moves the face). Displacement is measured in source face extents
 (:func:`~avatar_engine.face.crop.face_extent`), so a small face moving across a large frame moves the
 avatar by the same fraction of *its* face, at most ``max_translation``.
 
-Pose-normalised neutral: when the driver's neutral and the source photo are turned differently by
-more than ``pose_tolerance_deg`` (a driver who starts in a three-quarter view), the excess is
-transferred as *absolute* pose: ``Q_t = R_res R_t R_B^T`` with ``R_res`` the rotation of ``B`` cut
-down to ``pose_tolerance_deg``, so the avatar turns as far as the driver is turned and faces the
-camera when the driver does, instead of turning away by the neutral's angle. Within the tolerance
-(and always for self-reenactment, where ``R_B = I``) this is the relative transfer above.
-
-Only *changes* of the driver are transferred, so the source keeps its own face shape (the driver's
-identity does not leak). When the source is a crop of the driver's neutral frame (self-reenactment),
-``B`` is exactly that crop transform and the target equals the driver's landmarks mapped into the
-crop: the driver's geometry is reproduced.
-
-All landmark arrays are ``(478, 3) float32``: x, y in pixels, z in the same pixel units.
+Pose-normalised neutral: when the driver's neutral is turned (yaw) or tilted (roll) by more than
+``pose_tolerance_deg`` from frontal (:func:`~avatar_engine.geometry.head_pose.head_pose`; a driver who
+starts in a three-quarter view), the excess ``E`` counts as motion: ``Q_t = R_B E R_t R_B^T``, as if the
+neutral had been taken facing the camera. The avatar then turns as far as the driver is turned and
+faces the camera when the driver does, instead of turning away by the neutral's angle. Within the
+tolerance (and for pitch, which the landmarks give less reliably) this is the relative transfer above;
+the source photo's own pose is never changed.
 """
 from __future__ import annotations
 
@@ -39,10 +33,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from avatar_engine.face import topology
 from avatar_engine.face.crop import face_extent
 from avatar_engine.geometry.eyes import retarget_lids
+from avatar_engine.geometry.head_pose import head_pose
 
 __all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "soft_limit", "MotionRetargeter"]
 
@@ -67,9 +63,8 @@ class RetargetConfig:
         expression_fade_floor: see ``expression_fade_deg``.
         crop_margin: with a ``crop_size``, the face oval is kept at least this fraction of the crop inside
             its border (the target is shifted back in, after the limits above); None = not kept.
-        pose_tolerance_deg: pose differences between the driver's neutral and the source up to this
-            are transferred relatively, the excess absolutely (see the module docstring); None = always
-            relative.
+        pose_tolerance_deg: a driver's neutral turned or tilted by up to this many degrees counts as
+            frontal; the excess is transferred as motion (see the module docstring); None = always relative.
         lid_ratio: eyelid openings as the source's times the driver's open ratio
             (:func:`avatar_engine.geometry.eyes.retarget_lids`) instead of additive.
     """
@@ -255,6 +250,7 @@ class MotionRetargeter:
         self._source_extent = face_extent(self.source)
         self._neutral: np.ndarray | None = None
         self._to_source: Similarity | None = None  # B
+        self._neutral_excess = np.eye(3)  # E: the neutral's turn beyond pose_tolerance_deg (camera frame)
 
     @property
     def has_neutral(self) -> bool:
@@ -270,6 +266,12 @@ class MotionRetargeter:
         pts = np.asarray(driver_points, np.float32)
         self._neutral = pts
         self._to_source = fit_similarity(pts[self.rigid], self.source[self.rigid])
+        self._neutral_excess = np.eye(3)
+        tol = self.config.pose_tolerance_deg
+        if tol is not None:
+            pose = head_pose(pts)
+            yaw, roll = (math.copysign(max(abs(a) - tol, 0.0), a) for a in (pose.yaw, pose.roll))
+            self._neutral_excess = Rotation.from_euler("zy", [roll, yaw], degrees=True).as_matrix()
 
     def clear_neutral(self) -> None:
         """Forget the neutral: the next driving frame becomes the neutral."""
@@ -313,15 +315,15 @@ class MotionRetargeter:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)
         centre_s = b.apply(centre_n[None])[0].astype(np.float64)
-        r_res = b.rotation if cfg.pose_tolerance_deg is None else _clamp_rotation(b.rotation, cfg.pose_tolerance_deg)
-        rotation = r_res @ (motion.rotation if cfg.pose else np.eye(3)) @ b.rotation.T
+        excess = self._neutral_excess
+        rotation = b.rotation @ excess @ (motion.rotation if cfg.pose else np.eye(3)) @ b.rotation.T
         rotation = _with_angle(rotation, soft_limit(_rotation_angle_deg(rotation), cfg.soft_rotation_deg,
                                                     cfg.max_rotation_deg))
         scale, shift = 1.0, np.zeros(3)
         if cfg.translation:
             log_scale = math.log(motion.scale)
             scale = math.exp(math.copysign(soft_limit(abs(log_scale), cfg.soft_scale, cfg.max_scale), log_scale))
-            shift = b.scale * r_res @ (motion.apply(centre_n[None])[0] - centre_n)
+            shift = b.scale * b.rotation @ (motion.apply(centre_n[None])[0] - centre_n)
             shift[2] = 0.0  # mediapipe z is relative to the face: its centre does not move in depth
             extent = self._source_extent
             length = float(np.linalg.norm(shift[:2]))
