@@ -141,8 +141,8 @@ def _profile_step(st, batch, full: bool, timed: _Timed | None) -> dict[str, floa
     else:
         gen = st.gen
     t0 = time.perf_counter()
-    fn = st._fn if st._compiled else step_mod.generator_losses
-    loss, parts, image = fn(gen, batch, st.loss, full, st.disc if use_gan else None, cond)
+    loss, parts, image = step_mod.generator_losses(gen, batch, st.loss, full, st.disc if use_gan else None, cond,
+                                                   st._recon)
     t1 = time.perf_counter()
     st.opt_g.zero_grad(set_to_none=True)
     loss.backward()

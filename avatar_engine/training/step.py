@@ -19,7 +19,7 @@ weighted by ``warp``. With a discriminator and ``full``, the refined image also 
 takes one LSGAN step.
 
 Fast path (:class:`StepOptions`), same losses as the plain eager step (a test holds them equal on a
-fixed batch): the generator forward and its losses run as one ``torch.compile``-d function (Inductor
+fixed batch): the generator forward and the reconstruction loss run ``torch.compile``-d (Inductor
 fuses the normalisation / modulation / loss element-wise work; when compilation fails the step
 falls back to eager with a warning), weights and images in channels-last memory, fused Adam. On CUDA
 the forward passes run under bfloat16 autocast; on CPU they stay float32 (bf16 autocast measured no
@@ -40,7 +40,8 @@ from avatar_engine.models.base_model import NeuralAvatar
 from avatar_engine.training import losses
 from avatar_engine.training.discriminator import MultiScaleDiscriminator
 
-__all__ = ["LossConfig", "OptimConfig", "StepOptions", "ModelStep", "build_step", "generator_losses"]
+__all__ = ["LossConfig", "OptimConfig", "StepOptions", "ModelStep", "build_step", "generator_losses",
+           "reconstruction_loss"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -92,13 +93,21 @@ class StepOptions:
         return cls(compile=False, channels_last=False, fused_adam=False)
 
 
-def _recon(x: torch.Tensor, gt: torch.Tensor, region: torch.Tensor, lc: LossConfig, parts: dict[str, torch.Tensor],
-           prefix: str) -> torch.Tensor:
+def reconstruction_loss(x: torch.Tensor, gt: torch.Tensor, region: torch.Tensor, lc: LossConfig,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``l1 * L1 + ssim * (1 - SSIM) + region * L1(boxes)`` of ``x`` against ``gt`` (``(B, 3, S, S)`` in
+    ``[-1, 1]``; ``region (B, 1, S, S)``) -> ``(total, L1, SSIM, region L1)``."""
     l1 = (x.float() - gt).abs().mean()
     ss = losses.ssim(x, gt)
     reg = losses.weighted_l1(x, gt, region)
+    return lc.l1 * l1 + lc.ssim * (1 - ss) + lc.region * reg, l1, ss, reg
+
+
+def _recon(x: torch.Tensor, gt: torch.Tensor, region: torch.Tensor, lc: LossConfig, parts: dict[str, torch.Tensor],
+           prefix: str, recon: Callable = reconstruction_loss) -> torch.Tensor:
+    total, l1, ss, reg = recon(x, gt, region, lc)
     parts[f"{prefix}_l1"], parts[f"{prefix}_ssim"], parts[f"{prefix}_region"] = l1.detach(), ss.detach(), reg.detach()
-    return lc.l1 * l1 + lc.ssim * (1 - ss) + lc.region * reg
+    return total
 
 
 class _Generator(nn.Module):
@@ -117,6 +126,7 @@ class _Generator(nn.Module):
 
 def generator_losses(gen: nn.Module, batch: dict[str, torch.Tensor], lc: LossConfig, full: bool,
                      disc: nn.Module | None = None, cond: torch.Tensor | None = None,
+                     recon: Callable = reconstruction_loss,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Forward and generator losses of one batch (on device, :func:`~avatar_engine.training.batches.to_device`).
 
@@ -125,6 +135,7 @@ def generator_losses(gen: nn.Module, batch: dict[str, torch.Tensor], lc: LossCon
         full: the joint stage (refined image scored) or the warp stage.
         disc, cond: the discriminator (parameters frozen by the caller) and the target connectivity
             image at S in ``[-1, 1]`` ``(B, 3, S, S)``, for the GAN terms (``full`` only).
+        recon: :func:`reconstruction_loss` or its compiled form.
     Returns:
         ``(total loss, {part: detached scalar}, refined image (B, 3, S, S))``.
     """
@@ -133,9 +144,9 @@ def generator_losses(gen: nn.Module, batch: dict[str, torch.Tensor], lc: LossCon
     parts: dict[str, torch.Tensor] = {}
     image, warped = gen(batch["source"], batch["z_id"], batch["source_lines"], batch["driving_lines"],
                         batch["mesh_grid"], full)
-    loss = lc.warp * _recon(warped, gt, region, lc, parts, "warp")
+    loss = lc.warp * _recon(warped, gt, region, lc, parts, "warp", recon)
     if full:
-        loss = loss + _recon(image, gt, region, lc, parts, "out")
+        loss = loss + _recon(image, gt, region, lc, parts, "out", recon)
     if full and disc is not None:
         fake_logits, fake_feats = disc(torch.cat([image, cond], 1))
         with torch.no_grad():
@@ -184,7 +195,7 @@ class ModelStep:
         self.stage: bool | None = None
         self.gen: nn.Module = _Generator(model)
         self.disc_ddp: nn.Module | None = disc
-        self._fn: Callable = generator_losses
+        self._recon: Callable = reconstruction_loss
         self._compiled = False
 
     # ---------------------------------------------------------------- state
@@ -215,9 +226,13 @@ class ModelStep:
             self.disc_ddp = DDP(self.disc, device_ids=ids) if (full and self.disc is not None) else self.disc
         else:
             self.gen = gen
-        self._fn = generator_losses
+        self._recon = reconstruction_loss
         if self.options.compile and not self.distributed:
-            self._fn = torch.compile(generator_losses)
+            # two compiled regions, the generator and the reconstruction loss: one graph holding both
+            # gave the refinement network zero gradients from the SSIM term (Inductor, torch 2.13 CPU;
+            # aot_eager and the split graphs are right; tests/training/test_fast_step.py checks it)
+            self.gen = torch.compile(gen)
+            self._recon = torch.compile(reconstruction_loss)
             self._compiled = True
 
     # ---------------------------------------------------------------- one step
@@ -225,12 +240,12 @@ class ModelStep:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             if self._compiled:
                 try:
-                    return self._fn(self.gen, batch, self.loss, full, disc, cond)
+                    return generator_losses(self.gen, batch, self.loss, full, disc, cond, self._recon)
                 except Exception as exc:  # noqa: BLE001 - any compiler failure: run eager
                     log.warning("torch.compile of the training step failed (%s: %s); running eager",
                                 type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-                    self._fn, self._compiled = generator_losses, False
-            return generator_losses(self.gen, batch, self.loss, full, disc, cond)
+                    self.gen, self._recon, self._compiled = _Generator(self.model), reconstruction_loss, False
+            return generator_losses(self.gen, batch, self.loss, full, disc, cond, self._recon)
 
     def __call__(self, batch: dict[str, torch.Tensor], full: bool) -> dict[str, float]:
         """One step on ``batch`` (on this step's device). Returns ``{loss part: value}``."""
