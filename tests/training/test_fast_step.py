@@ -33,7 +33,7 @@ def cache(data_dir, tmp_path_factory):
 
 def _config(**kw):
     cfg = load_train_config(REPO / "configs/neural_lite.toml")
-    return dataclasses.replace(cfg, **{"step": StepOptions(compile=False), **kw})
+    return dataclasses.replace(cfg, **{"step": StepOptions(compile=False), "drivings": 1, **kw})
 
 
 def _plain_batch(batches: PairBatches, index: int, cfg) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from conftest import REPO, free_port
 
 def _config(**kw):
     cfg = load_train_config(REPO / "configs/neural_lite.toml")
-    return dataclasses.replace(cfg, **{"step": StepOptions(compile=False), **kw})
+    return dataclasses.replace(cfg, **{"step": StepOptions(compile=False), "drivings": 1, **kw})
 
 
 def test_one_step_on_two_val_frames_lowers_the_loss(data_dir, tmp_path):
