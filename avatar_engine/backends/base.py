@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -99,7 +100,7 @@ def as_tuple(out: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, 
     return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
-class Runner:
+class Runner(ABC):
     """A loaded graph: ``runner(*inputs) -> tuple of output tensors`` on the graph's device.
 
     Attributes:
@@ -111,5 +112,6 @@ class Runner:
     backend = ""
     host_arrays = False
 
+    @abstractmethod
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
+        """Run the graph on ``inputs`` (the order of its :class:`GraphSpec` inputs)."""
