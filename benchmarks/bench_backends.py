@@ -48,7 +48,7 @@ from avatar_engine.io.video import iter_frames  # noqa: E402
 from avatar_engine.pipeline.super_resolution import SuperResolver  # noqa: E402
 from avatar_engine.renderers.neural import NeuralRenderer  # noqa: E402
 from runtime.engine import LiveConfig, LiveEngine  # noqa: E402
-from runtime.sinks import VirtualCameraConfig  # noqa: E402
+from runtime.vcam import VirtualCameraConfig  # noqa: E402
 
 
 def variants(args: argparse.Namespace) -> dict[str, tuple[str, BackendOptions]]:
