@@ -25,7 +25,7 @@ import math
 import cv2
 import numpy as np
 
-from avatar_engine.geometry.flow import FlowConfig, optical_flow
+from avatar_engine.geometry.flow import FlowConfig, consistent_flow, optical_flow
 from avatar_engine.face import topology
 from avatar_engine.geometry.retarget import fit_similarity, rigid_indices
 
@@ -199,16 +199,9 @@ def warp_error(prev_rgb: np.ndarray, cur_rgb: np.ndarray, config: FlowConfig | N
     if np.array_equal(prev_rgb, cur_rgb):
         return 0.0
     h, w = x.shape[:2]
-    fwd = optical_flow(prev_rgb, cur_rgb, c)
-    bwd = optical_flow(cur_rgb, prev_rgb, c)
+    bwd, keep = consistent_flow(cur_rgb, prev_rgb, c)
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    map_x, map_y = gx + bwd[..., 0], gy + bwd[..., 1]
-    warped = cv2.remap(x, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    fwd_at = cv2.remap(fwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    loop = ((bwd + fwd_at) ** 2).sum(-1)
-    bound = c.consistency_alpha * ((bwd**2).sum(-1) + (fwd_at**2).sum(-1)) + c.consistency_beta
-    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    keep = (loop < bound) & inside
+    warped = cv2.remap(x, gx + bwd[..., 0], gy + bwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if not keep.any():
         return math.nan
     return float(np.abs(warped[keep] - y[keep]).mean() / 255.0)

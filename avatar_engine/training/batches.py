@@ -21,7 +21,8 @@ data, and DDP rank ``r`` of ``w`` takes batches ``k * w + r``.
 A batch (CPU): ``source, driving (B, 3, S, S) uint8``, ``source_points, driving_points (B, 478, 3)``
 float32 crop px, ``z_id (B, 128)`` float32, ``mesh_planes (B, 2, Rm, Rm)`` float32 (normalised grid
 planes at ``mesh_flow_size``), ``source_lines, driving_lines (B, 3, R, R)`` float32 in ``[-1, 1]``
-(at ``flow_size``), with ``B = groups * drivings``; pairs of one group are consecutive.
+(at ``flow_size``), with ``B = groups * drivings``; pairs of one group are consecutive; with
+``flow_targets``, also ``flow_target (B, 2, R, R)`` and ``flow_weight (B, 1, R, R)`` float32.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import torch
 from avatar_engine.data.prepare import PairConfig, PairDataset, PreparedClip
 from avatar_engine.geometry.mesh_warp import MeshWarp, planes_to_grid
 from avatar_engine.models.base_model import NeuralConfig
+from avatar_engine.training.flow_targets import residual_flow_targets
 
 __all__ = ["BatchConfig", "PairBatches", "to_device"]
 
@@ -48,6 +50,9 @@ class BatchConfig:
         min_gap: smallest kept-frame distance of a (source, driving) pair.
         seed: base seed.
         mesh_cache: source meshes kept per worker (LRU; a repeated source skips its mesh build).
+        flow_targets: also build the warping network's residual-flow targets
+            (:func:`~avatar_engine.training.flow_targets.residual_flow_targets`: ``flow_target (B, 2, R, R)``
+            crop px and ``flow_weight (B, 1, R, R)``), for ``LossConfig.flow``.
     """
 
     groups: int = 4
@@ -55,6 +60,7 @@ class BatchConfig:
     min_gap: int = 1
     seed: int = 0
     mesh_cache: int = 256
+    flow_targets: bool = False
 
     def __post_init__(self) -> None:
         if self.groups < 1 or self.drivings < 1:
@@ -132,11 +138,16 @@ class PairBatches(torch.utils.data.Dataset):
         with torch.no_grad():
             s_lines = self.model.connectivity(s_pts, self.lines)
             d_lines = self.model.connectivity(d_pts, self.lines)
-        return {"source": torch.from_numpy(np.concatenate(src_img)).permute(0, 3, 1, 2).contiguous(),
-                "driving": torch.from_numpy(np.concatenate(drv_img)).permute(0, 3, 1, 2).contiguous(),
-                "source_points": s_pts, "driving_points": d_pts,
-                "z_id": torch.from_numpy(np.concatenate(z_id)),
-                "mesh_planes": torch.cat(planes), "source_lines": s_lines, "driving_lines": d_lines}
+        batch = {"source": torch.from_numpy(np.concatenate(src_img)).permute(0, 3, 1, 2).contiguous(),
+                 "driving": torch.from_numpy(np.concatenate(drv_img)).permute(0, 3, 1, 2).contiguous(),
+                 "source_points": s_pts, "driving_points": d_pts,
+                 "z_id": torch.from_numpy(np.concatenate(z_id)),
+                 "mesh_planes": torch.cat(planes), "source_lines": s_lines, "driving_lines": d_lines}
+        if self.config.flow_targets:
+            batch["flow_target"], batch["flow_weight"] = residual_flow_targets(
+                batch["source"], batch["driving"], planes_to_grid(batch["mesh_planes"], self.size),
+                self.model.flow_size)
+        return batch
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str, model: NeuralConfig,

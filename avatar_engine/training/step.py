@@ -14,7 +14,8 @@ steps on one person's frames (enrollment, meta-learning)::
 
 Losses (images in ``[-1, 1]``): on the warped image always, and on the refined image when ``full``,
 ``l1 * L1 + ssim * (1 - SSIM) + region * L1(eye and mouth boxes)``; the warped image's term is
-weighted by ``warp``. With a discriminator and ``full``, the refined image also gets ``gan * LSGAN
+weighted by ``warp``; with ``flow`` > 0 the warping network's residual also gets ``flow * L1`` (crop
+pixels) against the batch's optical-flow targets (:mod:`avatar_engine.training.flow_targets`). With a discriminator and ``full``, the refined image also gets ``gan * LSGAN
 + feature_matching * FM`` (conditioned on the target connectivity image at S), and the discriminator
 takes one LSGAN step.
 
@@ -39,6 +40,7 @@ from avatar_engine.geometry.rasterizer import ConnectivityRasterizer
 from avatar_engine.models.base_model import NeuralAvatar
 from avatar_engine.training import losses
 from avatar_engine.training.discriminator import MultiScaleDiscriminator
+from avatar_engine.training.flow_targets import flow_loss
 
 __all__ = ["LossConfig", "OptimConfig", "StepOptions", "ModelStep", "build_step", "generator_losses",
            "reconstruction_loss"]
@@ -48,13 +50,16 @@ log = logging.getLogger("avatar_engine")
 
 @dataclass
 class LossConfig:
-    """Loss weights (see the module docstring)."""
+    """Loss weights (see the module docstring). ``flow``: weight of the warping network's residual-flow
+    error in crop pixels against the optical-flow targets of the batch
+    (:mod:`avatar_engine.training.flow_targets`; 0: off, and batches carry no targets)."""
 
     l1: float = 1.0
     ssim: float = 1.0
     region: float = 5.0
     region_margin: float = 0.25
     warp: float = 1.0
+    flow: float = 0.0
     gan: float = 0.05
     feature_matching: float = 1.0
 
@@ -118,10 +123,11 @@ class _Generator(nn.Module):
         self.model = model
 
     def forward(self, source: torch.Tensor, z_id: torch.Tensor, source_lines: torch.Tensor,
-                driving_lines: torch.Tensor, mesh_grid: torch.Tensor, refine: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                driving_lines: torch.Tensor, mesh_grid: torch.Tensor, refine: bool,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cache = self.model.encode_source(source, None, z_id, source_lines=source_lines)
         out = self.model(cache, None, mesh_grid, refine=refine, target_lines=driving_lines)
-        return out.image, out.warped
+        return out.image, out.warped, out.residual
 
 
 def generator_losses(gen: nn.Module, batch: dict[str, torch.Tensor], lc: LossConfig, full: bool,
@@ -142,9 +148,13 @@ def generator_losses(gen: nn.Module, batch: dict[str, torch.Tensor], lc: LossCon
     gt = batch["driving"] * 2 - 1
     region = losses.region_weight_map(batch["driving_points"], gt.shape[-1], lc.region_margin)
     parts: dict[str, torch.Tensor] = {}
-    image, warped = gen(batch["source"], batch["z_id"], batch["source_lines"], batch["driving_lines"],
-                        batch["mesh_grid"], full)
+    image, warped, residual = gen(batch["source"], batch["z_id"], batch["source_lines"], batch["driving_lines"],
+                                  batch["mesh_grid"], full)
     loss = lc.warp * _recon(warped, gt, region, lc, parts, "warp", recon)
+    if lc.flow > 0 and "flow_target" in batch:
+        fl = flow_loss(residual, batch["flow_target"], batch["flow_weight"])
+        parts["flow_px"] = fl.detach()
+        loss = loss + lc.flow * fl
     if full:
         loss = loss + _recon(image, gt, region, lc, parts, "out", recon)
     if full and disc is not None:

@@ -107,7 +107,7 @@ class TrainConfig:
 
     def batch_config(self) -> BatchConfig:
         return BatchConfig(groups=self.batch_size // self.drivings, drivings=self.drivings, min_gap=self.min_gap,
-                           seed=self.seed)
+                           seed=self.seed, flow_targets=self.loss.flow > 0)
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
