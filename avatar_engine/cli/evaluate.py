@@ -15,7 +15,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="Self-reenactment (each clip re-animates its first face frame, scored against "
                                    "the real frames) and cross-reenactment (photos of identities without clips, "
                                    "driven by other identities' clips), renderers side by side. Writes --output "
-                                   "(.json) and, next to it, a .md table and a .png contact sheet.")
+                                   "(.json) and, next to it, a .md table and a .png contact sheet; the .json "
+                                   "is rewritten after every clip / pair (\"complete\": false) until the run ends.")
     p.add_argument("--data", required=True, type=Path, help="folder with clips.csv / images.csv (as ../shared/data)")
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
     p.add_argument("--renderer", nargs="+", default=["source", "mesh"], metavar="NAME",
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         self_reenactment=args.self_reenactment, face_layers=args.face_layers,
         cross_drivers=args.cross_drivers, clip_ids=None if args.clips is None else tuple(args.clips),
         image_ids=None if args.images is None else tuple(args.images), device=args.device, backend=args.backend,
-        progress=sys.stderr.isatty()))
+        progress=sys.stderr.isatty()), on_item=lambda partial: write_report(partial, args.output, partial=True))
     paths = write_report(result, args.output)
     print("\n".join(summary_lines(result)))
     print(f"wrote {paths.json}, {paths.markdown}, {paths.sheet}")

@@ -3,12 +3,15 @@
 ``write_report(result, "reports/val.json")`` writes ``reports/val.json``, ``reports/val.md`` and
 ``reports/val.png``. The JSON holds the options, library versions, per-clip / per-pair scores and
 the aggregates, with floats rounded to 5 decimals (``inf`` written as the string ``"inf"``, ``nan``
-as ``null``) and keys in a fixed order, so a rerun writes the same bytes.
+as ``null``) and keys in a fixed order, so a rerun writes the same bytes. ``"complete"`` is false in
+the partial reports a run writes after every finished clip / pair (``write_report(..., partial=True)``:
+the JSON only, replaced atomically), true in the final one.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -72,10 +75,12 @@ def _sequence_dict(report: SequenceReport) -> dict[str, object]:
     return {key: report.item, **report.info, "metrics": report.metrics}
 
 
-def report_dict(result: EvalResult) -> dict[str, object]:
-    """The whole report as a JSON-ready dict (see the module docstring)."""
+def report_dict(result: EvalResult, complete: bool = True) -> dict[str, object]:
+    """The whole report as a JSON-ready dict (see the module docstring); ``complete=False``: the
+    result of a run still going (the items finished so far)."""
     frames = sum(int(r.info["frames"]) for r in result.self_reports)
     return _clean({
+        "complete": complete,
         "config": result.config.describe(),
         "versions": _versions(),
         "self_reenactment": {
@@ -246,15 +251,24 @@ def contact_sheet(result: EvalResult, self_items: int = 4, cross_items: int = 2)
     return np.concatenate(blocks[:-1], axis=0)
 
 
-def write_report(result: EvalResult, output: str | Path) -> ReportPaths:
-    """Write ``output`` (JSON) and, next to it, the ``.md`` table and the ``.png`` contact sheet."""
+def write_report(result: EvalResult, output: str | Path, partial: bool = False) -> ReportPaths:
+    """Write ``output`` (JSON) and, next to it, the ``.md`` table and the ``.png`` contact sheet.
+
+    ``partial=True``: only the JSON, marked ``"complete": false`` (a run's result so far). The JSON
+    is written to a temporary file in the same folder and renamed over ``output``, so a reader (or a
+    run killed mid-write) never sees a truncated file.
+    """
     out = Path(output)
     if out.suffix.lower() != ".json":
         out = out.with_suffix(".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = ReportPaths(out, out.with_suffix(".md"), out.with_suffix(".png"))
-    paths.json.write_text(json.dumps(report_dict(result), indent=1, ensure_ascii=False, allow_nan=False) + "\n",
-                          encoding="utf-8")
+    text = json.dumps(report_dict(result, complete=not partial), indent=1, ensure_ascii=False, allow_nan=False)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    if partial:
+        return paths
     paths.markdown.write_text(markdown_report(result), encoding="utf-8")
     write_image(paths.sheet, contact_sheet(result))
     return paths

@@ -45,6 +45,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -526,8 +527,11 @@ def _select(dataset: EvalDataset, config: EvalConfig) -> tuple[list[ClipEntry], 
     return clips, images, drivers
 
 
-def run_evaluation(config: EvalConfig) -> EvalResult:
+def run_evaluation(config: EvalConfig, on_item: Callable[[EvalResult], None] | None = None) -> EvalResult:
     """Evaluate ``config.renderers`` on ``config.split`` of ``config.data``.
+
+    ``on_item(result)``, when given, is called after every finished clip / pair (scored or failed)
+    with the result so far (the CLI writes it as a partial report, so a killed run keeps its items).
 
     Raises:
         AvatarError: bad options or data folder. Failures of single clips / photos do not raise:
@@ -558,6 +562,8 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
                 elapsed = time.monotonic() - started
                 log.info("eval: %d/%d %s (%.0f s elapsed, ~%.0f s left)", finished[0], total, item, elapsed,
                          elapsed / finished[0] * (total - finished[0]))
+            if on_item is not None:
+                on_item(result)
 
         for clip in clips:
             bar.set_postfix_str(clip.clip_id)

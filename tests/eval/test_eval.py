@@ -98,6 +98,29 @@ def test_rerun_is_identical(two_runs):
     assert a.with_suffix(".md").read_text() == b.with_suffix(".md").read_text()
 
 
+def test_partial_report_after_every_clip(data_dir, tmp_path, monkeypatch):
+    """The JSON is rewritten (atomically, marked incomplete) after each finished item: a killed run keeps them."""
+    import avatar_engine.eval as ev
+
+    seen, write = [], ev.write_report
+
+    def recording(result, output, partial=False):
+        paths = write(result, output, partial)
+        seen.append(json.loads(paths.json.read_text()))  # valid JSON at every step
+        return paths
+
+    monkeypatch.setattr(ev, "write_report", recording)
+    out = tmp_path / "partial.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["eval", "--data", str(data_dir), "--renderer", "mesh", "--output", str(out), "--no-cross",
+                     "--max-frames-per-clip", "3", "--identity-every", "10", "--clips", *CLIPS]) == 0
+    assert [(r["complete"], [c["clip"] for c in r["self_reenactment"]["clips"]]) for r in seen] == \
+        [(False, CLIPS[:1]), (False, CLIPS), (True, CLIPS)]
+    assert seen[0]["failures"] == [] and seen[0]["self_reenactment"]["clips"][0]["frames"] == 3
+    assert json.loads(out.read_text()) == seen[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial.json", "partial.md", "partial.png"]
+
+
 def test_failures_are_reported_not_silent(data_dir, tmp_path, caplog):
     """A missing clip and a clip without a face are excluded with their reason; the rest is scored."""
     noface = tmp_path / "noface.mp4"
