@@ -54,10 +54,15 @@ class EyeLayerConfig:
             colour (a closing eye shows lashes, not a squeezed sclera).
         iris_limits: the target iris radius is kept within these factors of the source's (scaled).
         gaze_gain: the iris moves this many times its landmark's motion relative to the source iris (in
-            the eye's frame), clamped to the eye opening. Mediapipe's iris landmarks understate the
-            motion of the iris they track (on rendered irises moved by known amounts they moved about
-            0.65x as far); on val, a gain of 1.5 gave an output gaze amplitude 1.3x the driver's (self-
-            and cross-reenactment), hence 1.5 / 1.3 = 1.15.
+            the eye's frame), clamped to the eye opening (see ``iris_margin``). Mediapipe's iris
+            landmarks understate the motion of the iris they track (on rendered irises moved by known
+            amounts they moved about 0.65x as far); on val, a gain of 1.5 gave an output gaze amplitude
+            1.3x the driver's (self- and cross-reenactment), hence 1.5 / 1.3 = 1.15.
+        iris_margin: the drawn iris centre is kept at least this many iris radii inside the target lid
+            opening (vertically, at its column; on the lid midline where the opening is narrower than
+            that), and within 0.3 eye widths of the corners' midpoint horizontally, so an extreme gaze
+            does not push the iris under a lid and show a white eye. On val clips mediapipe puts the
+            iris centre at least 0.4 radii inside the lids in 99 % of the open-eye frames.
     """
 
     min_source_gap: float = 0.12
@@ -69,6 +74,7 @@ class EyeLayerConfig:
     closed_gap_px: float = 4.0
     iris_limits: tuple[float, float] = (0.75, 1.35)
     gaze_gain: float = 1.15
+    iris_margin: float = 0.25
 
 
 def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -181,6 +187,32 @@ class EyeLayer:
                 self._draw(out, eye, np.asarray(target, np.float64))
         return out
 
+    def irises(self, target: np.ndarray) -> list[tuple[np.ndarray, float] | None]:
+        """Per eye (:data:`EYES` order), the iris drawn at ``target (478, 2|3)``: centre ``(2,)`` and radius
+        in pixels; None for an eye left to the renderer."""
+        target = np.asarray(target, np.float64)
+        out: list[tuple[np.ndarray, float] | None] = []
+        for eye in self.eyes:
+            tgt = opening_frame(target, eye.opening)
+            ok = eye.usable and np.isfinite(tgt.origin).all() and tgt.width >= 2.0
+            out.append(self._iris(eye, tgt, target) if ok else None)
+        return out
+
+    def _iris(self, eye: _SourceEye, tgt: OpeningFrame, target: np.ndarray) -> tuple[np.ndarray, float]:
+        """The target iris: its landmark's motion from the source's amplified by ``gaze_gain``, the centre
+        clamped inside the target opening (``iris_margin``), the radius to ``iris_limits``."""
+        cfg, src, w = self.config, eye.frame, tgt.width
+        c_t, r_t = _iris(target, eye.centre_idx, eye.contour)
+        rest_u, rest_v = src.to_frame(eye.iris_c)
+        gu, gv = tgt.to_frame(c_t)
+        r_ref = eye.iris_r * w / src.width
+        r_t = float(np.clip(r_t, cfg.iris_limits[0] * r_ref, cfg.iris_limits[1] * r_ref))
+        gu = float(np.clip(rest_u + cfg.gaze_gain * (gu - rest_u), -0.3, 0.3))
+        up, lo = float(tgt.upper(gu)), float(tgt.lower(gu))
+        margin = min(cfg.iris_margin * r_t / w, 0.5 * (lo - up))
+        gv = float(np.clip(rest_v + cfg.gaze_gain * (gv - rest_v), up + margin, lo - margin))
+        return tgt.to_pixels(np.array(gu), np.array(gv)), r_t
+
     def _draw(self, out: np.ndarray, eye: _SourceEye, target: np.ndarray) -> None:
         cfg = self.config
         src = eye.frame
@@ -202,14 +234,7 @@ class EyeLayer:
         # eyeball: sclera mapped column by column, iris moved to the target iris centre
         t = (v - vt_up) / np.maximum(vt_lo - vt_up, 1e-6)
         sclera = _sample(eye.sclera, src.to_pixels(u, vs_up + np.clip(t, 0.0, 1.0) * (vs_lo - vs_up)))
-        c_t, r_t = _iris(target, eye.centre_idx, eye.contour)
-        rest_u, rest_v = src.to_frame(eye.iris_c)
-        gu, gv = tgt.to_frame(c_t)
-        gu = float(np.clip(rest_u + cfg.gaze_gain * (gu - rest_u), -0.3, 0.3))
-        gv = rest_v + cfg.gaze_gain * (gv - rest_v)
-        c_t = tgt.to_pixels(np.array(gu), np.array(gv))
-        r_ref = eye.iris_r * w / src.width
-        r_t = float(np.clip(r_t, cfg.iris_limits[0] * r_ref, cfg.iris_limits[1] * r_ref))
+        c_t, r_t = self._iris(eye, tgt, target)
         d = xy - c_t
         scale = eye.iris_r / r_t
         iris_xy = eye.iris_c + scale * ((d @ tgt.e1)[..., None] * src.e1 + (d @ tgt.e2)[..., None] * src.e2)

@@ -8,10 +8,10 @@ from avatar_engine.eval import signals as sig
 from avatar_engine.face import topology
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.face.source import SourceConfig, prepare_source
-from avatar_engine.geometry.eyes import EYES, EyeLayer, retarget_lids
+from avatar_engine.geometry.eyes import EYES, EyeLayer, EyeLayerConfig, retarget_lids
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
 from avatar_engine.geometry.mouth import MOUTH, MouthLayer
-from avatar_engine.geometry.openings import Opening, opening_frame
+from avatar_engine.geometry.openings import Opening, opening_frame, patch_around
 from avatar_engine.io.video import iter_frames
 from avatar_engine.renderers import create_renderer
 
@@ -95,6 +95,36 @@ def test_gaze_moves_the_iris(source, detector):
             gaze.append(sig.face_signals(pts)["gaze_x"])
         measured[layers] = (gaze[1] - gaze[0]) / (shifts[1] - shifts[0])
     assert measured[True] > 0.6 and measured[True] > measured[False] + 0.25, measured
+
+
+def test_extreme_vertical_gaze_keeps_the_iris_in_the_opening(source):
+    """A gaze far up (and sideways) or down past the lids: the drawn iris centre stays inside the lid
+    opening and the eye still shows its iris (not a white eye); a normal gaze moves the iris unclamped."""
+    p = source.landmarks
+    layer, cfg = EyeLayer(source.crop_image, p), EyeLayerConfig()
+    rest = _render(source, p, True).mean(axis=-1)
+
+    def dark_share(image: np.ndarray, target: np.ndarray, opening: Opening) -> float:
+        frame = opening_frame(target, opening)
+        patch = patch_around(target[list(opening.loop), :2], 1.0, image.shape[:2])
+        u, v = frame.to_frame(patch.xy)
+        inside = (np.abs(u) < 0.5) & (v > frame.upper(u)) & (v < frame.lower(u))
+        return float((image[patch.y0:patch.y1, patch.x0:patch.x1][inside] < 90).mean())
+
+    normal = p.copy()
+    normal[IRIS, :2] += _iod(p) * np.array([0.02, -0.01])
+    for (c, _), (_, centre, _) in zip(layer.irises(normal), EYES):
+        np.testing.assert_allclose(c, p[centre, :2] + cfg.gaze_gain * (normal[centre, :2] - p[centre, :2]), atol=1e-6)
+    for shift in ((0.15, -0.3), (0.0, 0.3)):
+        t = p.copy()
+        t[IRIS, :2] += _iod(p) * np.array(shift)
+        out = _render(source, t, True).mean(axis=-1)
+        for (c, r), (opening, _, _) in zip(layer.irises(t), EYES):
+            frame = opening_frame(t, opening)
+            u, v = frame.to_frame(c)
+            margin = cfg.iris_margin * r / frame.width - 1e-9
+            assert abs(u) <= 0.3 + 1e-9 and frame.upper(u) + margin <= v <= frame.lower(u) - margin, (shift, u, v)
+            assert dark_share(out, t, opening) > 0.4 * dark_share(rest, p, opening), shift
 
 
 def test_closed_lids_read_as_closed(source, detector):
