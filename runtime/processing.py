@@ -6,11 +6,13 @@ landmarks, retargeting, rendering) and the neutral-pose step (:mod:`runtime.neut
 second half (:meth:`~avatar_engine.pipeline.reenact.Reenactor.finish`: super-resolution,
 paste-back), and hands the result to the output loop through a latest-value slot.
 
-With a super-resolution stage (``--size 512``) the second half runs in a fourth, "finishing"
-thread one frame behind, joined by another latest-value slot that is always taken before the next
-frame is put; the processing thread starts each frame just in time for the finisher (running means
-of both halves). More frames per second on a multi-core CPU, at the cost of the stages slowing
-each other down a little.
+With ``LiveConfig.pipelined`` (the default) the second half runs in a fourth, "finishing" thread
+one frame behind, joined by another latest-value slot that is always taken before the next frame is
+put; the processing thread starts each frame just in time for the finisher (running means of both
+halves). Where the split falls: with a super-resolution stage (``--size 512``) after rendering (the
+finisher runs SR and paste-back); without one, after retargeting (the finisher renders and pastes
+back: rendering is most of a 256 frame's cost, landmarks the rest). More frames per second on a
+multi-core CPU, at the cost of the stages slowing each other down a little.
 
 Until the driver's neutral pose is taken, the avatar shows the source's own pose
 (:func:`neutral_avatar`), made by the same ``finish`` path as every other frame.
@@ -116,7 +118,7 @@ class _FrameErrors:
 
 
 class Processing:
-    """The processing thread (and the finishing thread, with super-resolution) of one session.
+    """The processing thread (and the finishing thread, when pipelined) of one session.
 
     Args:
         config: the session's options (neutral-pose step, max frames, what the speed advice names).
@@ -170,7 +172,7 @@ class Processing:
         errors = _FrameErrors("processing", self.state.fail)
         handoff: LatestSlot[_Pending] | None = None
         finisher: threading.Thread | None = None
-        if self.reenactor.super_resolver is not None:
+        if cfg.pipelined:
             handoff = LatestSlot()
             finisher = threading.Thread(target=self._finish_loop, name="finishing", daemon=True,
                                         args=(handoff, out_slot, lockstep))
@@ -230,7 +232,7 @@ class Processing:
         return finisher.is_alive()
 
     def _finish_loop(self, handoff: LatestSlot[_Pending], out_slot: LatestSlot[Processed], lockstep: bool) -> None:
-        """Finishing thread (sessions with super-resolution): second halves of frames, in order."""
+        """Finishing thread (pipelined sessions): second halves of frames, in order."""
         errors = _FrameErrors("finishing", self.state.fail)
         delivered = 0
         try:
@@ -276,10 +278,12 @@ class Processing:
 
     # ------------------------------------------------------------------------------------ one frame
     def _render(self, frame: Frame, step: NeutralPoseStep) -> _Pending:
-        """First half of a camera frame: landmarks, retargeting, rendering, the neutral-pose step."""
+        """First half of a camera frame: landmarks, retargeting, the neutral-pose step, and rendering
+        unless the finishing thread does it (pipelined, no super-resolution)."""
         if self.controls.mode == "passthrough":
             return _Pending(frame, None, None, False)
-        rendered = self.reenactor.render(frame.image, frame.t_capture)
+        draw = not self.config.pipelined or self.reenactor.super_resolver is not None
+        rendered = self.reenactor.render(frame.image, frame.t_capture, draw=draw)
         guide, hold_neutral = None, False
         if step.active:
             h, w = frame.image.shape[:2]
@@ -293,7 +297,8 @@ class Processing:
         return _Pending(frame, rendered, guide, hold_neutral)
 
     def _finish(self, pending: _Pending) -> Processed:
-        """Second half: super-resolution and paste-back (or the camera itself in passthrough)."""
+        """Second half: rendering if the first half left it, super-resolution and paste-back (or the
+        camera itself in passthrough)."""
         frame = pending.frame
         if pending.rendered is None:
             self._count(frame, {}, True)

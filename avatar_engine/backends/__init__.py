@@ -13,6 +13,10 @@
 20 s to minutes on a 2-core CPU in every new process, while OpenVINO loads in a second at a similar
 speed, see ``benchmarks/bench_backends.py``) on the graph's example inputs, once per graph, machine and thread count, keeps the fastest, and
 remembers the choice in the cache folder (``auto.json``), so later starts load only the winner.
+On the CPU it also times OpenVINO in bf16 (fast on CPUs with AVX512-BF16 or AMX) and accepts it only
+when its output on the example inputs stays within :data:`AUTO_TOLERANCE_LEVELS` of eager's: the
+bound the fp32 ONNX backends are held to (on the shipped weights this admits the SR step, 1-2
+levels, and keeps the neural renderer in fp32, where bf16 differs by 4).
 
 A backend that cannot run (not installed, wrong device, export or compile failure) falls back to
 ``eager`` with one warning line naming the reason; ``auto`` skips it silently (it reports what it
@@ -21,6 +25,7 @@ timed in ``choice.ms``). ``available_backends(device)`` says which backends can 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,9 +45,13 @@ from avatar_engine.backends.torch_runners import (compile_missing, load_compile,
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "BackendChoice", "BackendOptions", "GraphSpec", "Runner",
            "available_backends", "accelerate", "load_backend", "time_runner", "default_cache_dir",
-           "check_backend"]
+           "check_backend", "AUTO_TOLERANCE_LEVELS", "max_diff_levels"]
 
 log = logging.getLogger("avatar_engine")
+
+AUTO_TOLERANCE_LEVELS = 2.0
+"""Largest difference to eager (levels of 255 on the first output, an image in ``[0, 1]``) of a
+reduced-precision candidate that ``auto`` may pick; the equality tests hold every backend to it."""
 
 _LOADERS: dict[str, Callable[[GraphSpec, BackendOptions], Runner]] = {
     "eager": load_eager, "compile": load_compile, "onnxruntime": load_onnxruntime,
@@ -97,9 +106,18 @@ def time_runner(runner: Runner, inputs: tuple[torch.Tensor, ...], runs: int = 15
     return 1e3 * times[len(times) // 2]
 
 
-def _auto_candidates(device: torch.device) -> list[str]:
-    """What ``auto`` times: every backend but ``compile`` on the CPU (see the module docstring)."""
-    return [b for b in BACKENDS if not (b == "compile" and device.type == "cpu")]
+def _auto_candidates(device: torch.device, options: BackendOptions) -> list[tuple[str, str, BackendOptions]]:
+    """What ``auto`` times, as ``(label, backend, options)``: every backend but ``compile`` on the CPU,
+    and on the CPU OpenVINO in bf16 too (see the module docstring)."""
+    out = [(b, b, options) for b in BACKENDS if not (b == "compile" and device.type == "cpu")]
+    if device.type == "cpu" and options.resolved_precision(device) == "fp32":
+        out.append(("openvino bf16", "openvino", dataclasses.replace(options, precision="bf16")))
+    return out
+
+
+def max_diff_levels(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
+    """Largest difference of two runs' first outputs (images in ``[0, 1]``), in levels of 255."""
+    return float((a[0].float().cpu().clamp(0, 1) - b[0].float().cpu().clamp(0, 1)).abs().max()) * 255.0
 
 
 def _machine_key(spec: GraphSpec, options: BackendOptions) -> str:
@@ -121,27 +139,42 @@ def _auto(spec: GraphSpec, options: BackendOptions) -> tuple[Runner, BackendChoi
     key = _machine_key(spec, options)
     known = _read_choices(path).get(key)
     if known and known.get("used") in _LOADERS:
+        precision = known.get("precision") or options.resolved_precision(spec.device)
         try:
-            return load_backend(spec, known["used"], options), BackendChoice("auto", known["used"], "", known["ms"])
+            runner = load_backend(spec, known["used"], dataclasses.replace(options, precision=precision))
+            return runner, BackendChoice("auto", known["used"], "", known["ms"], precision)
         except BackendUnavailable as exc:
             log.warning("backend auto: the cached choice %s no longer loads (%s); measuring again", known["used"], exc)
     ms: dict[str, float] = {}
-    best: tuple[float, Runner] | None = None
-    for name in _auto_candidates(spec.device):
+    rejected: dict[str, float] = {}
+    best: tuple[float, Runner, str] | None = None
+    reference: tuple[torch.Tensor, ...] | None = None
+    for label, name, opts in _auto_candidates(spec.device, options):
         try:
-            runner = load_backend(spec, name, options)
+            runner = load_backend(spec, name, opts)
         except BackendUnavailable as exc:
-            log.debug("backend auto: %s skipped (%s)", name, exc)
+            log.debug("backend auto: %s skipped (%s)", label, exc)
             continue
-        ms[name] = round(time_runner(runner, spec.example_inputs, options.measure_runs), 2)
-        if best is None or ms[name] < best[0]:
-            best = (ms[name], runner)
+        precision = opts.resolved_precision(spec.device)
+        if name == "eager":
+            with torch.no_grad():
+                reference = runner(*spec.example_inputs)
+        elif precision == "bf16" and reference is not None:
+            with torch.no_grad():
+                diff = max_diff_levels(runner(*spec.example_inputs), reference)
+            if diff > AUTO_TOLERANCE_LEVELS:
+                rejected[label] = round(diff, 2)
+                continue
+        ms[label] = round(time_runner(runner, spec.example_inputs, options.measure_runs), 2)
+        if best is None or ms[label] < best[0]:
+            best = (ms[label], runner, precision)
     assert best is not None  # eager always loads
-    runner = best[1]
-    log.info("backend auto for %s: %s (ms per call: %s)", spec.name, runner.backend,
-             ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
+    runner, precision = best[1], best[2]
+    log.info("backend auto for %s: %s%s (ms per call: %s)%s", spec.name, runner.backend,
+             " bf16" if precision == "bf16" else "", ", ".join(f"{k} {v:.1f}" for k, v in ms.items()),
+             "".join(f"; {k} not used: {v:g} levels from eager" for k, v in rejected.items()))
     choices = _read_choices(path)
-    choices[key] = {"used": runner.backend, "ms": ms}
+    choices[key] = {"used": runner.backend, "precision": precision, "ms": ms}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".auto.{os.getpid()}.tmp")
@@ -149,7 +182,7 @@ def _auto(spec: GraphSpec, options: BackendOptions) -> tuple[Runner, BackendChoi
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("backend auto: could not remember the choice in %s (%s)", path, exc)
-    return runner, BackendChoice("auto", runner.backend, "", ms)
+    return runner, BackendChoice("auto", runner.backend, "", ms, precision)
 
 
 def accelerate(spec: GraphSpec, backend: str = "auto",

@@ -50,13 +50,16 @@ class BackendChoice:
     Attributes:
         requested: the backend asked for (``auto`` included). used: the backend in effect.
         reason: why ``used`` differs from ``requested`` ('' when it does not, or for ``auto``).
-        ms: measured milliseconds per call of each backend ``auto`` timed (empty otherwise).
+        ms: measured milliseconds per call of each backend ``auto`` timed (empty otherwise; reduced
+            precision variants as ``"openvino bf16"``).
+        precision: the precision ``auto`` picked (``fp32``, ``bf16``, ``fp16``; '' when not ``auto``).
     """
 
     requested: str
     used: str
     reason: str = ""
     ms: dict[str, float] = field(default_factory=dict)
+    precision: str = ""
 
 
 @dataclass

@@ -41,6 +41,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("run length (headless runs, tests, benchmarks)")
     g.add_argument("--max-frames", type=int, default=None, help="stop after N processed camera frames")
     g.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    g.add_argument("--no-pipelining", dest="pipelined", action="store_false",
+                   help="process each frame in one thread (default: landmarks and rendering, or rendering and "
+                        "super-resolution, of consecutive frames in two threads)")
     p.set_defaults(run=run)
 
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, backend=args.backend, threads=args.threads, preview=args.preview,
         virtual_camera=args.virtual_camera, vcam=vcam, output=args.output, output_fps=args.output_fps,
         neutral_pose=args.neutral_pose, stats_overlay=args.stats, max_frames=args.max_frames, duration_s=args.duration,
-        reenact=reenact_from_args(args), renderer_options=options)
+        reenact=reenact_from_args(args), renderer_options=options, pipelined=args.pipelined)
     report = LiveEngine(config).run()
     print(report.summary())
     return 0

@@ -69,14 +69,15 @@ class RenderedFrame:
     """A driving frame rendered at the renderer's size, before super-resolution and paste-back.
 
     Attributes:
-        crop: ``(s, s, 3) uint8`` RGB rendered crop (``s`` = the renderer's source size).
+        crop: ``(s, s, 3) uint8`` RGB rendered crop (``s`` = the renderer's source size), or None when
+            rendering was left to :meth:`Reenactor.finish` (``render(..., draw=False)``).
         target: ``(478, 3) float32`` landmarks rendered, in that crop's pixels.
         driving: ``(478, 3) float32`` driving landmarks in driving-frame pixels, or None (no face).
         face_lost: the driving face left the view at this frame (the SR history restarts here).
         timings_ms: per-stage milliseconds so far (landmarks, retarget, render).
     """
 
-    crop: np.ndarray
+    crop: np.ndarray | None
     target: np.ndarray
     driving: np.ndarray | None
     face_lost: bool
@@ -153,8 +154,11 @@ class Reenactor:
         """
         return self.finish(self.render(rgb, timestamp))
 
-    def render(self, rgb: np.ndarray, timestamp: float | None = None) -> RenderedFrame:
-        """First half of :meth:`step`: landmarks, retargeting, rendering (arguments as there)."""
+    def render(self, rgb: np.ndarray, timestamp: float | None = None, draw: bool = True) -> RenderedFrame:
+        """First half of :meth:`step`: landmarks, retargeting, rendering (arguments as there).
+
+        ``draw=False`` stops after retargeting (``crop`` None): :meth:`finish` renders then, so that a
+        live engine can run landmarks and rendering of consecutive frames in two threads."""
         t = time.monotonic() if timestamp is None else float(timestamp)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -164,17 +168,25 @@ class Reenactor:
         target = self.target(points, t)
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
-        crop = self.renderer.render(self.render_source, target)
-        timings["render"] = (time.perf_counter() - t2) * 1e3
+        crop = None
+        if draw:
+            crop = self.renderer.render(self.render_source, target)
+            timings["render"] = (time.perf_counter() - t2) * 1e3
         face_lost = points is None and self._face_in_view
         self._face_in_view = points is not None
         return RenderedFrame(crop, target, points, face_lost, timings)
 
     def finish(self, rendered: RenderedFrame) -> FrameResult:
-        """Second half of :meth:`step`: super-resolution (512 sources) and paste-back."""
+        """Second half of :meth:`step`: rendering (when :meth:`render` left it, ``draw=False``),
+        super-resolution (512 sources) and paste-back."""
         timings = dict(rendered.timings_ms)
         crop, target = rendered.crop, rendered.target
         t3 = time.perf_counter()
+        if crop is None:
+            crop = self.renderer.render(self.render_source, target)
+            t4 = time.perf_counter()
+            timings["render"] = (t4 - t3) * 1e3
+            t3 = t4
         if self.super_resolver is not None:
             if rendered.face_lost:
                 self.super_resolver.reset()  # face lost: restart the frame history

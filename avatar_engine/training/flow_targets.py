@@ -7,7 +7,8 @@ from the driving frame to the *mesh-warped* source says, for every output pixel,
 is off. :func:`residual_flow_targets` turns that into the residual the network should predict, at
 its own resolution, with a weight that is zero where the flow fails the forward-backward test
 (occlusions, flow failures) or where even the flow-compensated image does not match the driving
-frame (new content: the inside of a mouth that opens).
+frame (new content: the inside of a mouth that opens), and scaled by the image structure (flat
+regions give Farneback nothing to measure).
 
 For one pair (crop size S, network resolution R)::
 
@@ -25,6 +26,7 @@ Built in the data-loader workers (:class:`~avatar_engine.training.batches.PairBa
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ __all__ = ["residual_flow_targets", "flow_loss"]
 
 
 def residual_flow_targets(source: torch.Tensor, driving: torch.Tensor, mesh_grid: torch.Tensor, size: int,
-                          config: FlowConfig | None = None, max_error: float = 0.08,
+                          config: FlowConfig | None = None, max_error: float = 0.08, edge_levels: float = 24.0,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual-flow targets of a batch of pairs (see the module docstring).
 
@@ -46,6 +48,8 @@ def residual_flow_targets(source: torch.Tensor, driving: torch.Tensor, mesh_grid
         config: Farneback and consistency settings.
         max_error: a pixel also needs the flow-compensated mesh image within this mean absolute
             difference (in [0, 1]) of the driving frame.
+        edge_levels: structure weight: the driving frame's grey-level gradient magnitude (Sobel, at 2R)
+            over this many levels of 255, clipped to 1 (flat regions give no flow supervision).
     Returns:
         ``(target (B, 2, R, R) float32 crop px, weight (B, 1, R, R) float32 in [0, 1])``.
     """
@@ -71,6 +75,9 @@ def residual_flow_targets(source: torch.Tensor, driving: torch.Tensor, mesh_grid
                                 padding_mode="border", align_corners=False)
         drv_small = torch.from_numpy(drv_np).permute(0, 3, 1, 2).float()
         keep_t = keep_t * ((matched - drv_small).abs().mean(1, keepdim=True) < max_error * 255).float()
+        # and structure: in flat regions (skin, a plain wall) Farneback returns a smooth guess that passes
+        # both tests, and there a wrong flow costs nothing anyway
+        keep_t = keep_t * _structure(drv_np, edge_levels)
         planes = F.avg_pool2d(mesh_grid.float().permute(0, 3, 1, 2), s // w)  # (B, 2, w, w)
         target_grid = F.grid_sample(planes, where, mode="bilinear", padding_mode="border", align_corners=False)
         residual = (target_grid - planes) * (s / 2.0)  # (B, 2, w, w) crop px
@@ -78,6 +85,16 @@ def residual_flow_targets(source: torch.Tensor, driving: torch.Tensor, mesh_grid
         weight = F.avg_pool2d(keep_t, k)
         target = F.avg_pool2d(residual * keep_t, k) / weight.clamp_min(1e-6)
     return target.contiguous(), weight.contiguous()
+
+
+def _structure(images: np.ndarray, levels: float) -> torch.Tensor:
+    """``(B, H, W, 3) uint8`` -> ``(B, 1, H, W)`` float in [0, 1]: blurred Sobel gradient magnitude / ``levels``."""
+    out = []
+    for img in images:
+        g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        mag = np.sqrt(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) ** 2) / 8.0
+        out.append(np.clip(cv2.GaussianBlur(mag, (5, 5), 1.0) / levels, 0.0, 1.0))
+    return torch.from_numpy(np.stack(out))[:, None]
 
 
 def flow_loss(residual: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

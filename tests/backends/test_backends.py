@@ -72,7 +72,10 @@ def test_auto_times_what_loads_keeps_the_fastest_and_remembers_it(tmp_path, capl
     runner, choice = accelerate(spec, "auto", options)
     status = available_backends("cpu")
     timed = {b for b in BACKENDS if not status[b] and b != "compile"}
-    assert set(choice.ms) == timed and choice.used == min(choice.ms, key=choice.ms.get) == runner.backend
+    assert set(choice.ms) - {"openvino bf16"} == timed
+    fastest = min(choice.ms, key=choice.ms.get)
+    assert choice.used == fastest.split()[0] == runner.backend
+    assert choice.precision == ("bf16" if fastest == "openvino bf16" else "fp32")
     remembered = json.loads((tmp_path / "auto.json").read_text())
     assert [v["used"] for v in remembered.values()] == [choice.used]
     exported = sorted(tmp_path.glob("tiny-*.onnx"))
@@ -88,6 +91,33 @@ def test_auto_times_what_loads_keeps_the_fastest_and_remembers_it(tmp_path, capl
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(again(x)[0], spec.module(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, 255.0])
+def test_auto_takes_bf16_only_within_the_tolerance_and_remembers_the_precision(tmp_path, caplog, monkeypatch, tolerance):
+    import avatar_engine.backends as backends
+
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(backends, "AUTO_TOLERANCE_LEVELS", tolerance)
+    options = BackendOptions(cache_dir=tmp_path, measure_runs=3)
+    spec = _spec()
+    with caplog.at_level(logging.INFO, logger="avatar_engine"):
+        runner, choice = accelerate(spec, "auto", options)
+    if tolerance < 0:  # every difference is too large: bf16 is measured against eager, then left out
+        assert "openvino bf16" not in choice.ms and "openvino bf16 not used" in caplog.text
+        assert choice.precision == "fp32"
+        return
+    assert "openvino bf16" in choice.ms
+    # pretend bf16 measured fastest: the cached choice reloads it in bf16
+    remembered = json.loads((tmp_path / "auto.json").read_text())
+    (key,) = remembered
+    remembered[key].update(used="openvino", precision="bf16")
+    (tmp_path / "auto.json").write_text(json.dumps(remembered))
+    again, choice2 = accelerate(spec, "auto", options)
+    assert (choice2.used, choice2.precision) == ("openvino", "bf16")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], spec.module(x), rtol=0.05, atol=0.05)
 
 
 def test_a_changed_model_exports_again(tmp_path):

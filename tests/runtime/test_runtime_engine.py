@@ -371,6 +371,35 @@ def test_512_super_resolution_runs_in_its_own_thread_and_matches_the_sequential_
             assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_256_rendering_runs_in_the_finishing_thread_and_matches_the_sequential_pipeline(data_dir, pipelined):
+    """At 256, pipelined, landmarks run in the processing thread and rendering + paste-back in the
+    finishing thread, one frame behind; unpipelined, one thread does both. Either way every camera
+    frame comes out once, in order, exactly as ``Reenactor.step`` makes it."""
+    import threading
+
+    from avatar_engine.face.landmarks import LandmarkConfig
+    from avatar_engine.pipeline.reenact import Reenactor
+
+    reenact = ReenactConfig(landmarks=LandmarkConfig(smoothing=False))
+    threads_seen: set[str] = set()
+    sink = CollectSink(hook=lambda n, info, engine: threads_seen.update(t.name for t in threading.enumerate()))
+    cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, realtime=False, preview=False,
+                     virtual_camera=False, neutral_pose=False, max_frames=12, sinks=[sink], renderer="mesh",
+                     reenact=reenact, pipelined=pipelined)
+    report = LiveEngine(cfg).run()
+
+    assert ("finishing" in threads_seen) == pipelined
+    assert report.frames_processed == 12 and [info.index for info in sink.infos] == list(range(12))
+    assert {"landmarks", "render", "paste"} <= set(report.stage_ms)
+    source = prepare_source(data_dir / PHOTO, SourceConfig(size=256))
+    with Reenactor(source, create_renderer(cfg.renderer), reenact) as reference:
+        for got, (rgb, _) in zip(sink.frames, iter_frames(data_dir / CLIP, max_frames=12)):
+            want = reference.step(rgb).frame
+            assert got.shape == want.shape
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
 def test_a_finishing_stage_that_keeps_failing_ends_the_session_with_the_error(data_dir, monkeypatch, caplog):
     from avatar_engine.pipeline.reenact import Reenactor
 

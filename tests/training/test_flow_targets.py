@@ -41,7 +41,7 @@ def test_targets_recover_a_known_shift_of_the_mesh_warp():
     target, weight = residual_flow_targets(_batch(src), _batch(drv), grid, r)
     assert target.shape == (1, 2, r, r) and weight.shape == (1, 1, r, r)
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
-    assert weight[inner].mean() > 0.8
+    assert weight[inner].mean() > 0.5  # a textured image: most of it is supervised
     keep = weight[inner][:, 0] > 0.5
     assert abs(float(target[inner][:, 0][keep].median()) - (-4.0)) < 0.5
     assert abs(float(target[inner][:, 1][keep].median()) - 3.0) < 0.5
@@ -50,6 +50,16 @@ def test_targets_recover_a_known_shift_of_the_mesh_warp():
     before = (F.grid_sample(srcf, grid, align_corners=False) - drvf)[..., 16:-16, 16:-16].abs().mean()
     after = (F.grid_sample(srcf, apply_residual(grid, target), align_corners=False) - drvf)[..., 16:-16, 16:-16].abs().mean()
     assert after < 0.3 * before
+
+
+def test_flat_regions_get_no_weight():
+    s = 256
+    src = _texture(s, 3)
+    src[:, :128] = 120  # the left half is a plain wall
+    grid = identity_grid(s, s, torch.device("cpu"), torch.float32)
+    _, weight = residual_flow_targets(_batch(src), _batch(np.roll(src, 2, axis=1)), grid, 64)
+    assert float(weight[0, 0, 4:-4, 4:24].max()) == 0.0
+    assert float(weight[0, 0, 4:-4, 40:-4].mean()) > 0.5
 
 
 def test_occluded_pixels_get_no_weight():
