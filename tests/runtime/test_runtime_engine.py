@@ -356,7 +356,8 @@ def test_512_super_resolution_runs_in_its_own_thread_and_matches_the_sequential_
     threads_seen: set[str] = set()
     sink = CollectSink(hook=lambda n, info, engine: threads_seen.update(t.name for t in threading.enumerate()))
     cfg = LiveConfig(source=photo, camera=data_dir / CLIP_512, realtime=False, preview=False, virtual_camera=False,
-                     neutral_pose=False, max_frames=16, sinks=[sink], size=512, renderer="mesh", reenact=reenact)
+                     neutral_pose=False, max_frames=16, sinks=[sink], size=512, renderer="mesh", reenact=reenact,
+                     backend="eager")  # the reference below runs eager; backends have their own equality tests
     report = LiveEngine(cfg).run()
 
     assert "finishing" in threads_seen
@@ -386,7 +387,7 @@ def test_256_rendering_runs_in_the_finishing_thread_and_matches_the_sequential_p
     sink = CollectSink(hook=lambda n, info, engine: threads_seen.update(t.name for t in threading.enumerate()))
     cfg = LiveConfig(source=data_dir / PHOTO, camera=data_dir / CLIP, realtime=False, preview=False,
                      virtual_camera=False, neutral_pose=False, max_frames=12, sinks=[sink], renderer="mesh",
-                     reenact=reenact, pipelined=pipelined)
+                     reenact=reenact, pipelined=pipelined, backend="eager")
     report = LiveEngine(cfg).run()
 
     assert ("finishing" in threads_seen) == pipelined
