@@ -10,8 +10,9 @@ With ``LiveConfig.pipelined`` (the default) the second half runs in a fourth, "f
 one frame behind, joined by another latest-value slot that is always taken before the next frame is
 put; the processing thread starts each frame just in time for the finisher (running means of both
 halves). Where the split falls: with a super-resolution stage (``--size 512``) after rendering (the
-finisher runs SR and paste-back); without one, after retargeting (the finisher renders and pastes
-back: rendering is most of a 256 frame's cost, landmarks the rest). More frames per second on a
+finisher runs SR and paste-back); without one, after the renderer's geometry (landmarks,
+retargeting and the mesh grid here; the finisher draws the frame, network included, and pastes it
+back: drawing is most of a 256 frame's cost). More frames per second on a
 multi-core CPU, at the cost of the stages slowing each other down a little.
 
 Until the driver's neutral pose is taken, the avatar shows the source's own pose
@@ -278,8 +279,8 @@ class Processing:
 
     # ------------------------------------------------------------------------------------ one frame
     def _render(self, frame: Frame, step: NeutralPoseStep) -> _Pending:
-        """First half of a camera frame: landmarks, retargeting, the neutral-pose step, and rendering
-        unless the finishing thread does it (pipelined, no super-resolution)."""
+        """First half of a camera frame: landmarks, retargeting, the neutral-pose step, the renderer's
+        plan, and drawing unless the finishing thread does it (pipelined, no super-resolution)."""
         if self.controls.mode == "passthrough":
             return _Pending(frame, None, None, False)
         draw = not self.config.pipelined or self.reenactor.super_resolver is not None

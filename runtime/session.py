@@ -46,7 +46,7 @@ class LiveConfig:
         handle_signals: turn SIGINT/SIGTERM into a clean stop (only when run from the main thread).
         renderer_options: keyword arguments of ``create_renderer`` (e.g. ``weights``: a profile's weights).
         pipelined: run each frame's second half in its own "finishing" thread, one frame behind the
-            first (at 256: landmarks and retargeting | rendering and paste-back; at 512: up to rendering |
+            first (at 256: landmarks, retargeting and the mesh grid | drawing and paste-back; at 512: up to rendering |
             super-resolution and paste-back). More frames per second on a multi-core CPU; False: one
             processing thread.
     """

@@ -29,7 +29,7 @@ import numpy as np
 
 from avatar_engine.face.crop import face_extent
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
-from avatar_engine.renderers.base import Renderer
+from avatar_engine.renderers.base import RenderPlan, Renderer
 from avatar_engine.geometry.retarget import MotionRetargeter, RetargetConfig
 from avatar_engine.face.source import SourceFace
 from avatar_engine.pipeline.super_resolution import SuperResolutionConfig, SuperResolver, downscale_source
@@ -70,7 +70,8 @@ class RenderedFrame:
 
     Attributes:
         crop: ``(s, s, 3) uint8`` RGB rendered crop (``s`` = the renderer's source size), or None when
-            rendering was left to :meth:`Reenactor.finish` (``render(..., draw=False)``).
+            drawing was left to :meth:`Reenactor.finish` (``render(..., draw=False)``: then ``plan``
+            holds the renderer's plan of the frame, :meth:`Renderer.plan <avatar_engine.renderers.base.Renderer.plan>`).
         target: ``(478, 3) float32`` landmarks rendered, in that crop's pixels.
         driving: ``(478, 3) float32`` driving landmarks in driving-frame pixels, or None (no face).
         face_lost: the driving face left the view at this frame (the SR history restarts here).
@@ -82,6 +83,7 @@ class RenderedFrame:
     driving: np.ndarray | None
     face_lost: bool
     timings_ms: dict[str, float]
+    plan: RenderPlan | None = None
 
 
 @dataclass
@@ -157,8 +159,10 @@ class Reenactor:
     def render(self, rgb: np.ndarray, timestamp: float | None = None, draw: bool = True) -> RenderedFrame:
         """First half of :meth:`step`: landmarks, retargeting, rendering (arguments as there).
 
-        ``draw=False`` stops after retargeting (``crop`` None): :meth:`finish` renders then, so that a
-        live engine can run landmarks and rendering of consecutive frames in two threads."""
+        ``draw=False`` stops after the renderer's geometry (:meth:`Renderer.plan
+        <avatar_engine.renderers.base.Renderer.plan>`: the mesh grid; ``crop`` None): :meth:`finish`
+        draws then, so that a live engine can run landmarks and drawing of consecutive frames in two
+        threads."""
         t = time.monotonic() if timestamp is None else float(timestamp)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -168,24 +172,24 @@ class Reenactor:
         target = self.target(points, t)
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
-        crop = None
-        if draw:
-            crop = self.renderer.render(self.render_source, target)
-            timings["render"] = (time.perf_counter() - t2) * 1e3
+        plan = self.renderer.plan(self.render_source, target)
+        crop = self.renderer.draw(self.render_source, plan) if draw else None
+        timings["render"] = (time.perf_counter() - t2) * 1e3
         face_lost = points is None and self._face_in_view
         self._face_in_view = points is not None
-        return RenderedFrame(crop, target, points, face_lost, timings)
+        return RenderedFrame(crop, target, points, face_lost, timings, None if draw else plan)
 
     def finish(self, rendered: RenderedFrame) -> FrameResult:
-        """Second half of :meth:`step`: rendering (when :meth:`render` left it, ``draw=False``),
+        """Second half of :meth:`step`: drawing (when :meth:`render` left it, ``draw=False``),
         super-resolution (512 sources) and paste-back."""
         timings = dict(rendered.timings_ms)
         crop, target = rendered.crop, rendered.target
         t3 = time.perf_counter()
         if crop is None:
-            crop = self.renderer.render(self.render_source, target)
+            plan = rendered.plan or self.renderer.plan(self.render_source, target)
+            crop = self.renderer.draw(self.render_source, plan)
             t4 = time.perf_counter()
-            timings["render"] = (t4 - t3) * 1e3
+            timings["render"] = timings.get("render", 0.0) + (t4 - t3) * 1e3  # planning + drawing
             t3 = t4
         if self.super_resolver is not None:
             if rendered.face_lost:

@@ -15,6 +15,7 @@ that follow the gaze and close, a mouth interior with teeth) unless its ``layers
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +23,18 @@ import torch
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
 
-__all__ = ["Renderer"]
+__all__ = ["Renderer", "RenderPlan"]
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """A frame planned by :meth:`Renderer.plan`: the source it is for (``SourceFace.key``), the target
+    landmarks ``(478, 2|3)`` float32 in source-crop pixels, and the renderer's geometry for them
+    (e.g. the mesh grid ``(1, S, S, 2)``; None for renderers without one)."""
+
+    source_key: str
+    target: np.ndarray
+    geometry: object = None
 
 
 class Renderer(ABC):
@@ -47,7 +59,7 @@ class Renderer(ABC):
         self._layers: FaceLayers | None = None
 
     def render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
-        """Render the source face at the target landmarks.
+        """Render the source face at the target landmarks: :meth:`draw` of :meth:`plan`.
 
         Args:
             source: prepared source portrait.
@@ -55,19 +67,38 @@ class Renderer(ABC):
         Returns:
             ``(S, S, 3) uint8`` RGB face crop, ``S = source.size``.
         """
+        return self.draw(source, self.plan(source, target))
+
+    def plan(self, source: SourceFace, target: np.ndarray) -> RenderPlan:
+        """First half of :meth:`render`: the source-only work when ``source`` is new, and the frame's
+        geometry (the mesh warp's sampling grid), which needs no network. A live engine runs it in
+        the thread that finds the landmarks, and :meth:`draw` in another."""
         if self._source_key != source.key:
             self._prepare(source)
             self._layers = None if self.layers is None else FaceLayers(source.crop_image, source.landmarks, self.layers)
             self._source_key = source.key
         target = np.asarray(target, np.float32)
         with torch.inference_mode():
-            image = self._render(source, target)
-        return image if self._layers is None else self._layers.apply(image, target)
+            geometry = self._geometry(source, target)
+        return RenderPlan(source.key, target, geometry)
+
+    def draw(self, source: SourceFace, plan: RenderPlan) -> np.ndarray:
+        """Second half of :meth:`render`: the image of a :meth:`plan` of ``source`` (arguments and
+        result as there), face layers included."""
+        if plan.source_key != source.key or self._source_key != source.key:
+            plan = self.plan(source, plan.target)  # planned for another source: plan again
+        with torch.inference_mode():
+            image = self._render(source, plan.target, plan.geometry)
+        return image if self._layers is None else self._layers.apply(image, plan.target)
+
+    def _geometry(self, source: SourceFace, target: np.ndarray) -> object:
+        """The per-frame work that needs no network (source prepared; default: none)."""
+        return None
 
     @abstractmethod
     def _prepare(self, source: SourceFace) -> None:
         """Do and cache the source-only work."""
 
     @abstractmethod
-    def _render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
-        """Render one frame (source already prepared)."""
+    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
+        """Render one frame (source already prepared; ``geometry`` from :meth:`_geometry`)."""

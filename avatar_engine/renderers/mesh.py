@@ -32,7 +32,11 @@ class MeshRenderer(Renderer):
         self._warp = MeshWarp(source.landmarks, source.size, self.config, self.device)
         self._source_tensor = image_to_tensor(source.crop_image, self.device)
 
-    def _render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
+    def _geometry(self, source: SourceFace, target: np.ndarray) -> torch.Tensor:
+        assert self._warp is not None
+        return self._warp.grid(torch.from_numpy(target).to(self.device)[None])
+
+    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
         assert self._warp is not None and self._source_tensor is not None
-        grid = self._warp.grid(torch.from_numpy(target).to(self.device)[None])
+        grid = geometry if geometry is not None else self._geometry(source, target)
         return tensor_to_image(self._warp.warp(self._source_tensor, grid))

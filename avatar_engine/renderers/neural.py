@@ -122,10 +122,16 @@ class NeuralRenderer(Renderer):
         runner, self.backend_choice = accelerate(spec, self.backend, self.backend_options)
         return runner
 
-    def _render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
-        assert self._mesh is not None and self._graph is not None
+    def _geometry(self, source: SourceFace, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(points (1, 478, 3), mesh grid (1, S, S, 2))`` at the model size: the graph's per-frame inputs."""
+        assert self._mesh is not None
         pts = self._points(target * self._scale)
-        (out,) = self._graph(pts, self._mesh.grid(pts).contiguous(), *self._source_inputs)
+        return pts, self._mesh.grid(pts).contiguous()
+
+    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
+        assert self._graph is not None
+        pts, grid = geometry if geometry is not None else self._geometry(source, target)
+        (out,) = self._graph(pts, grid, *self._source_inputs)
         image = tensor_to_image(out)
         if image.shape[0] != source.size:
             image = cv2.resize(image, (source.size, source.size), interpolation=cv2.INTER_LINEAR)

@@ -144,3 +144,19 @@ def test_shipped_weights_load():
     model = load_model(path)
     assert model.config.name == "lite"
     assert path.stat().st_size < 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name", ["mesh", "neural"])
+def test_plan_then_draw_is_render_and_a_stale_plan_is_planned_again(pair, data_dir, name):
+    """``render`` = ``draw(plan)`` (the live engine plans in one thread and draws in another); a plan
+    made for another source is not drawn with this one's geometry."""
+    source, target = pair
+    renderer = create_renderer(name)
+    plan = renderer.plan(source, target)
+    assert plan.source_key == source.key and plan.geometry is not None
+    expected = create_renderer(name).render(source, target)
+    assert np.array_equal(renderer.draw(source, plan), expected)
+    other = prepare_source(data_dir / "images/val/P144/I045.jpg", SourceConfig(size=256))
+    stale = renderer.plan(other, target)
+    assert stale.source_key != source.key
+    assert np.array_equal(renderer.draw(source, stale), expected)
