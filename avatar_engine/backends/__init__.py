@@ -130,7 +130,7 @@ def _machine_key(spec: GraphSpec, options: BackendOptions) -> str:
     dev = spec.device
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return (f"{graph_key(spec)}|{dev.type}|{where}|{os.cpu_count()} cpus|{options.resolved_threads()} threads|"
-            f"{options.resolved_precision(dev)}")
+            f"{options.resolved_precision(dev)}|auto-v2")  # v2: reduced-precision candidates (older entries re-measure)
 
 
 def _read_choices(path: Path) -> dict[str, dict]:
