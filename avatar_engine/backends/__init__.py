@@ -46,7 +46,7 @@ from avatar_engine.backends.torch_runners import (compile_missing, load_compile,
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "BackendChoice", "BackendOptions", "GraphSpec", "Runner",
            "available_backends", "accelerate", "load_backend", "time_runner", "default_cache_dir",
-           "check_backend", "AUTO_TOLERANCE_LEVELS", "AUTO_EXAMPLE_MARGIN", "max_diff_levels"]
+           "check_backend", "AUTO_TOLERANCE_LEVELS", "AUTO_EXAMPLE_MARGIN"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -121,7 +121,7 @@ def _auto_candidates(device: torch.device, options: BackendOptions) -> list[tupl
     return out
 
 
-def max_diff_levels(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
+def _max_diff_levels(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> float:
     """Largest difference of two runs' first outputs (images in ``[0, 1]``), in levels of 255."""
     return float((a[0].float().cpu().clamp(0, 1) - b[0].float().cpu().clamp(0, 1)).abs().max()) * 255.0
 
@@ -167,7 +167,7 @@ def _auto(spec: GraphSpec, options: BackendOptions) -> tuple[Runner, BackendChoi
                 reference = runner(*spec.example_inputs)
         elif precision == "bf16" and reference is not None:
             with torch.no_grad():
-                diff = max_diff_levels(runner(*spec.example_inputs), reference)
+                diff = _max_diff_levels(runner(*spec.example_inputs), reference)
             if diff > AUTO_TOLERANCE_LEVELS * AUTO_EXAMPLE_MARGIN:
                 rejected[label] = round(diff, 2)
                 continue

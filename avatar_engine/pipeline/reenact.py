@@ -186,8 +186,7 @@ class Reenactor:
         crop, target = rendered.crop, rendered.target
         t3 = time.perf_counter()
         if crop is None:
-            plan = rendered.plan or self.renderer.plan(self.render_source, target)
-            crop = self.renderer.draw(self.render_source, plan)
+            crop = self.renderer.draw(self.render_source, rendered.plan)
             t4 = time.perf_counter()
             timings["render"] = timings.get("render", 0.0) + (t4 - t3) * 1e3  # planning + drawing
             t3 = t4

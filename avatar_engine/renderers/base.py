@@ -100,5 +100,5 @@ class Renderer(ABC):
         """Do and cache the source-only work."""
 
     @abstractmethod
-    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
+    def _render(self, source: SourceFace, target: np.ndarray, geometry: object) -> np.ndarray:
         """Render one frame (source already prepared; ``geometry`` from :meth:`_geometry`)."""

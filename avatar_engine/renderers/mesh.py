@@ -36,7 +36,6 @@ class MeshRenderer(Renderer):
         assert self._warp is not None
         return self._warp.grid(torch.from_numpy(target).to(self.device)[None])
 
-    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
+    def _render(self, source: SourceFace, target: np.ndarray, geometry: torch.Tensor) -> np.ndarray:
         assert self._warp is not None and self._source_tensor is not None
-        grid = geometry if geometry is not None else self._geometry(source, target)
-        return tensor_to_image(self._warp.warp(self._source_tensor, grid))
+        return tensor_to_image(self._warp.warp(self._source_tensor, geometry))

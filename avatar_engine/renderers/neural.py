@@ -128,10 +128,10 @@ class NeuralRenderer(Renderer):
         pts = self._points(target * self._scale)
         return pts, self._mesh.grid(pts).contiguous()
 
-    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
+    def _render(self, source: SourceFace, target: np.ndarray,
+                geometry: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
         assert self._graph is not None
-        pts, grid = geometry if geometry is not None else self._geometry(source, target)
-        (out,) = self._graph(pts, grid, *self._source_inputs)
+        (out,) = self._graph(*geometry, *self._source_inputs)
         image = tensor_to_image(out)
         if image.shape[0] != source.size:
             image = cv2.resize(image, (source.size, source.size), interpolation=cv2.INTER_LINEAR)

@@ -18,5 +18,5 @@ class SourceRenderer(Renderer):
     def _prepare(self, source: SourceFace) -> None:
         pass
 
-    def _render(self, source: SourceFace, target: np.ndarray, geometry: object = None) -> np.ndarray:
+    def _render(self, source: SourceFace, target: np.ndarray, geometry: object) -> np.ndarray:
         return source.crop_image.copy()

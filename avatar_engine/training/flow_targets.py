@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar_engine.geometry.flow import FlowConfig, consistent_flow
+from avatar_engine.geometry.mesh_warp import identity_grid
 
 __all__ = ["residual_flow_targets", "flow_loss"]
 
@@ -66,9 +67,7 @@ def residual_flow_targets(source: torch.Tensor, driving: torch.Tensor, mesh_grid
                           for d, m in zip(drv_np, mesh_np)))
         bwd_t = torch.from_numpy(np.stack(bwd))  # (B, w, w, 2) px at w
         keep_t = torch.from_numpy(np.stack(keep)).float()[:, None]  # (B, 1, w, w)
-        ident = (torch.arange(w, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
-        base = torch.stack(torch.meshgrid(ident, ident, indexing="xy"), -1)  # (w, w, 2) pixel centres
-        where = base[None] + bwd_t * (2.0 / w)
+        where = identity_grid(w, w) + bwd_t * (2.0 / w)  # (B, w, w, 2) where the flow points
         # the flow must also explain the pixels: new content (teeth, a tongue, hair coming into view)
         # can pass the consistency test with a smooth, wrong flow
         matched = F.grid_sample(torch.from_numpy(mesh_np).permute(0, 3, 1, 2).float(), where, mode="bilinear",

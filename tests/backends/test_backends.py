@@ -82,6 +82,7 @@ def test_auto_times_what_loads_keeps_the_fastest_and_remembers_it(tmp_path, capl
     if timed & {"onnxruntime", "openvino"}:
         assert len(exported) == 1  # one export, shared by both ONNX backends
         mtime = exported[0].stat().st_mtime_ns
+    caplog.clear()  # what the first call logged (captured when another test left the logger at INFO)
     with caplog.at_level(logging.INFO, logger="avatar_engine"):
         again, choice2 = accelerate(spec, "auto", options)
     assert choice2.used == choice.used and choice2.ms == choice.ms  # from the cache: nothing re-timed
