@@ -42,3 +42,18 @@ def val_images(data_dir: Path) -> list[dict[str, str]]:
     """Rows of images.csv in the val split."""
     with open(data_dir / "images.csv", newline="") as f:
         return [r for r in csv.DictReader(f) if r["split"] == "val"]
+
+
+@pytest.fixture(scope="session")
+def c018_cache(data_dir: Path, tmp_path_factory) -> Path:
+    """A prepare cache of val clip C018 (12 frames in segments of 6, descriptors every 3rd frame) holding
+    it as both splits, train and val; shared by the training tests (read-only)."""
+    import shutil
+
+    from avatar_engine.data.prepare import PrepareConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("c018_cache") / "prepared"
+    prepare_dataset(PrepareConfig(data=data_dir, cache=root, splits=("val",), segment_frames=6,
+                                  identity_every=3, max_frames_per_clip=12, clip_ids=("C018",)))
+    shutil.copytree(root / "val", root / "train")
+    return root

@@ -30,6 +30,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-self", dest="self_reenactment", action="store_false", help="skip self-reenactment")
     p.add_argument("--no-face-layers", dest="face_layers", action="store_false",
                    help="plain renderers: no eye / mouth layers, additive lid retargeting (before / after comparisons)")
+    p.add_argument("--no-mouth-net", dest="mouth_net", action="store_false",
+                   help="without the learned mouth stage (before / after comparisons)")
     p.add_argument("--clips", nargs="+", default=None, metavar="ID", help="only these clip ids")
     p.add_argument("--images", nargs="+", default=None, metavar="ID", help="only these cross-reenactment photo ids")
     p.add_argument("--device", default="cpu", help="torch device of the renderers")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_evaluation(EvalConfig(
         data=args.data, split=args.split, renderers=tuple(args.renderer), size=args.size,
         max_frames_per_clip=args.max_frames_per_clip, identity_every=args.identity_every, cross=args.cross,
-        self_reenactment=args.self_reenactment, face_layers=args.face_layers,
+        self_reenactment=args.self_reenactment, face_layers=args.face_layers, mouth_net=args.mouth_net,
         cross_drivers=args.cross_drivers, clip_ids=None if args.clips is None else tuple(args.clips),
         image_ids=None if args.images is None else tuple(args.images), device=args.device, backend=args.backend,
         progress=sys.stderr.isatty()), on_item=lambda partial: write_report(partial, args.output, partial=True))

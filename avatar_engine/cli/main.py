@@ -20,8 +20,8 @@ from avatar_engine.errors import AvatarError
 __all__ = ["main", "build_parser"]
 
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, train.add_meta, serve.add,
-    enroll.add, profiles.add)
+    render.add, evaluate.add, start.add, doctor.add, prepare.add, train.add, train.add_sr, train.add_meta,
+    train.add_mouth, serve.add, enroll.add, profiles.add)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _join_compound(argv: list[str]) -> list[str]:
-    """``train sr ...`` / ``train meta ...`` are other spellings of ``train-sr ...`` / ``train-meta ...``."""
+    """``train sr|meta|mouth ...`` are other spellings of ``train-sr|meta|mouth ...``."""
     for i, word in enumerate(argv):
         if not word.startswith("-"):
-            if word == "train" and argv[i + 1: i + 2] in (["sr"], ["meta"]):
+            if word == "train" and argv[i + 1: i + 2] in (["sr"], ["meta"], ["mouth"]):
                 return [*argv[:i], f"train-{argv[i + 1]}", *argv[i + 2:]]
             break
     return argv

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from avatar_engine.cli.args import set_threads
 
-__all__ = ["add", "add_sr", "add_meta"]
+__all__ = ["add", "add_sr", "add_meta", "add_mouth"]
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -114,5 +114,35 @@ def run_meta(args: argparse.Namespace) -> int:
                                      else ""))
     if args.export is not None:
         export_meta_weights(report.checkpoint, args.export)
+        print(f"wrote {args.export}")
+    return 0
+
+
+def add_mouth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-mouth", help="train the learned mouth stage (lips, teeth, cavity) on prepared pairs",
+                       description="Train the mouth network of the face layers on self-reenactment pairs of the "
+                                   "'prepare' cache (mouth patches of mesh renders and real frames, built once and "
+                                   "cached). Resumable (run it again with the same --output). Also spelt "
+                                   "'avatar-engine train mouth'.")
+    _run_options(p, "configs/mouth_lite.toml", "checkpoint, loss log, mouth.safetensors", "steps")
+    p.set_defaults(run=run_mouth)
+
+
+def run_mouth(args: argparse.Namespace) -> int:
+    import shutil
+
+    from avatar_engine.data.prepare import default_cache_dir
+    from avatar_engine.training.mouth import load_mouth_config, train_mouth
+
+    set_threads(args.threads)
+    report = train_mouth(load_mouth_config(args.config), args.cache or default_cache_dir(), args.output,
+                         steps=args.steps, device=args.device, progress=sys.stderr.isatty())
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in report.last_losses.items())
+    print(f"step {report.steps} ({report.steps_this_run} this run, {report.seconds:.0f} s); {losses}")
+    if report.last_val:
+        print("val: " + ", ".join(f"{k} {v:.4f}" for k, v in report.last_val.items()))
+    if args.export is not None:
+        args.export.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.output) / "mouth.safetensors", args.export)
         print(f"wrote {args.export}")
     return 0

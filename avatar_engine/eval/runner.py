@@ -125,7 +125,9 @@ class EvalConfig:
         clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
         region_margin: growth of the mouth / eye masks, in inter-ocular distances.
         face_layers: draw the renderers' face layers and retarget the lids by open ratio (False: the
-            plain renderers with additive lid retargeting, for before / after comparisons).
+            plain renderers with additive lid retargeting, for before / after comparisons; it also
+            turns the learned mouth stage off).
+        mouth_net: run the renderers' learned mouth stage (False: without it, for before / after).
         device: torch device of the renderers.
         backend: their inference backend (``avatar_engine.backends.BACKEND_CHOICES``).
         sheet_frames: columns (frames) per row of the contact sheet.
@@ -147,6 +149,7 @@ class EvalConfig:
     image_ids: tuple[str, ...] | None = None
     region_margin: float = 0.1
     face_layers: bool = True
+    mouth_net: bool = True
     device: str = "cpu"
     backend: str = "eager"
     sheet_frames: int = 6
@@ -175,7 +178,8 @@ class EvalConfig:
             "self": self.self_reenactment, "cross": self.cross, "cross_drivers": self.cross_drivers,
             "clip_ids": None if self.clip_ids is None else list(self.clip_ids),
             "image_ids": None if self.image_ids is None else list(self.image_ids),
-            "region_margin": self.region_margin, "face_layers": self.face_layers, "device": self.device, "flow": dict(self.flow.__dict__),
+            "region_margin": self.region_margin, "face_layers": self.face_layers,
+            "mouth_net": self.mouth_net, "device": self.device, "flow": dict(self.flow.__dict__),
             "same_person_threshold": SAME_PERSON_THRESHOLD,
         }
 
@@ -291,9 +295,11 @@ class _Evaluator:
         self.identity = IdentityEncoder(IdentityConfig())
         self.renderers: dict[str, Renderer] = {n: create_renderer(n, config.device, backend=config.backend)
                                                  for n in config.renderers}
-        if not config.face_layers:
-            for r in self.renderers.values():
+        for r in self.renderers.values():
+            if not config.face_layers:
                 r.layers = None
+            if not (config.face_layers and config.mouth_net):
+                r.mouth_weights = None
         self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers))
         self._source_ids: dict[str, np.ndarray | None] = {}
 

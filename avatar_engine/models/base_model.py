@@ -19,7 +19,6 @@ metadata, the config as JSON (:func:`save_weights`, :func:`load_model`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avatar_engine.config import config_from_dict
-from avatar_engine.errors import WeightsError
-from avatar_engine.models.weights import WEIGHTS_DIR
+from avatar_engine.models.weights import WEIGHTS_DIR, load_module, save_module
 from avatar_engine.geometry.rasterizer import ConnectivityRasterizer, RasterConfig
 from avatar_engine.models.refine_net import RefineNet, RefineNetConfig, RefineSourceCache, downsample_grid
 from avatar_engine.geometry.mesh_warp import WarpConfig, grid_to_flow, warp_image
@@ -192,16 +190,7 @@ def save_weights(model: NeuralAvatar, path: str | Path, metadata: dict[str, str]
     """Write ``model``'s state dict (fp16 if ``half``) and its config (metadata ``config``) to a safetensors file.
 
     ``metadata`` adds string entries (``config`` and ``format`` are reserved)."""
-    from safetensors.torch import save_file
-
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    reserved = {"config", "format"} & set(metadata or {})
-    if reserved:
-        raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
-    meta = {**(metadata or {}), "config": json.dumps(model.config.to_dict()), "format": "avatar-engine-neural-v1"}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
+    save_module(model, model.config.to_dict(), path, "avatar-engine-neural-v1", metadata, half)
 
 
 def load_model(path: str | Path = DEFAULT_WEIGHTS, device: torch.device | str = "cpu") -> NeuralAvatar:
@@ -210,27 +199,7 @@ def load_model(path: str | Path = DEFAULT_WEIGHTS, device: torch.device | str = 
     Raises:
         WeightsError: missing, unreadable or corrupt file, or weights that do not fit the config.
     """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"neural weights not found: {p}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(p), device="cpu")
-        config = config_from_dict(NeuralConfig, json.loads(meta["config"]))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"corrupt neural weight file {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    model = NeuralAvatar(config)
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"neural weight file {p} does not match its config: {str(exc).splitlines()[0]}") from None
-    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
-        raise WeightsError(f"neural weight file {p} holds non-finite values")
-    return model.to(device).eval()
+    return load_module(path, lambda cfg: NeuralAvatar(config_from_dict(NeuralConfig, cfg)), "neural", device)
 
 
 def count_cost(model: NeuralAvatar, batch: int = 1) -> dict[str, dict[str, float]]:

@@ -9,21 +9,30 @@ done once per source and cached under ``source.key``; calling ``render`` with a 
 re-prepares.
 
 Every renderer's output then gets the face layers (:mod:`avatar_engine.geometry.face_layers`: eyes
-that follow the gaze and close, a mouth interior with teeth) unless its ``layers`` is None (the
-``source`` renderer, the no-motion baseline, has none).
+that follow the gaze and close, a mouth interior with teeth) unless its ``layers`` is None, and then
+the learned mouth stage (:mod:`avatar_engine.models.mouth_net`: lips, teeth and cavity redrawn by a
+small network trained on the corpus's mouths) unless its ``mouth_weights`` is None. The ``source``
+renderer, the no-motion baseline, has neither.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from avatar_engine.errors import WeightsError
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
+from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS, MouthNet, MouthStage, load_mouth_net
 
 __all__ = ["Renderer", "RenderPlan"]
+
+log = logging.getLogger("avatar_engine")
 
 
 @dataclass(frozen=True)
@@ -45,18 +54,24 @@ class Renderer(ABC):
 
     Attributes:
         layers: face layers drawn over every output (None: off); set before the first ``render``.
+        mouth_weights: the learned mouth stage's weight file (None: off); set before the first
+            ``render``. A missing or corrupt file logs one warning and the stage stays off.
     """
 
     name: str = ""
     backend: str = "eager"
     """Inference backend requested for this renderer's graph and the stages after it (the SR step)."""
     default_layers: FaceLayersConfig | None = FaceLayersConfig()
+    default_mouth_weights: Path | None = DEFAULT_MOUTH_WEIGHTS
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.layers: FaceLayersConfig | None = self.default_layers
+        self.mouth_weights: Path | None = self.default_mouth_weights
         self._source_key: str | None = None
         self._layers: FaceLayers | None = None
+        self._mouth_net: tuple[Path, MouthNet | None] | None = None  # (file, network or None if it failed)
+        self._mouth: MouthStage | None = None
 
     def render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
         """Render the source face at the target landmarks: :meth:`draw` of :meth:`plan`.
@@ -76,6 +91,8 @@ class Renderer(ABC):
         if self._source_key != source.key:
             self._prepare(source)
             self._layers = None if self.layers is None else FaceLayers(source.crop_image, source.landmarks, self.layers)
+            net = self._load_mouth_net()
+            self._mouth = None if net is None else MouthStage(net, source.crop_image, source.landmarks)
             self._source_key = source.key
         target = np.asarray(target, np.float32)
         with torch.inference_mode():
@@ -89,7 +106,23 @@ class Renderer(ABC):
             plan = self.plan(source, plan.target)  # planned for another source: plan again
         with torch.inference_mode():
             image = self._render(source, plan.target, plan.geometry)
-        return image if self._layers is None else self._layers.apply(image, plan.target)
+        if self._layers is not None:
+            image = self._layers.apply(image, plan.target)
+        return image if self._mouth is None else self._mouth.apply(image, plan.target)
+
+    def _load_mouth_net(self) -> MouthNet | None:
+        """The learned mouth network of ``mouth_weights``, loaded once (None: off, or the file failed)."""
+        if self.mouth_weights is None:
+            return None
+        path = Path(self.mouth_weights)
+        if self._mouth_net is None or self._mouth_net[0] != path:
+            try:
+                net: MouthNet | None = load_mouth_net(path, self.device)
+            except WeightsError as exc:
+                log.warning("%s; drawing the mouth without the learned stage", exc)
+                net = None
+            self._mouth_net = (path, net)
+        return self._mouth_net[1]
 
     def _geometry(self, source: SourceFace, target: np.ndarray) -> object:
         """The per-frame work that needs no network (source prepared; default: none)."""

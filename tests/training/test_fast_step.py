@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_engine.data.prepare import PairConfig, PairDataset, PrepareConfig, load_prepared, prepare_dataset
+from avatar_engine.data.prepare import PairConfig, PairDataset, load_prepared
 from avatar_engine.geometry.mesh_warp import MeshWarp
 from avatar_engine.models.base_model import NeuralAvatar
 from avatar_engine.training import step as step_mod
@@ -21,14 +21,8 @@ from conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def cache(data_dir, tmp_path_factory):
-    """Val clip C018, 12 frames in segments of 6, descriptors every 3rd frame, as splits train and val."""
-    root = tmp_path_factory.mktemp("cache")
-    for split in ("train", "val"):
-        prepare_dataset(PrepareConfig(data=data_dir, cache=root / "tmp", splits=("val",), segment_frames=6,
-                                      identity_every=3, max_frames_per_clip=12, clip_ids=("C018",)))
-        (root / "tmp" / "val").rename(root / split)
-    return root
+def cache(c018_cache):
+    return c018_cache
 
 
 def _config(**kw):

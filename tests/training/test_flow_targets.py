@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avatar_engine.data.prepare import PrepareConfig, load_prepared, prepare_dataset
+from avatar_engine.data.prepare import load_prepared
 from avatar_engine.geometry.mesh_warp import identity_grid
 from avatar_engine.models.warp_net import apply_residual
 from avatar_engine.training.batches import BatchConfig, PairBatches, to_device
@@ -85,11 +85,8 @@ def test_flow_loss_is_weighted_mean_px_error():
 
 
 @pytest.fixture(scope="module")
-def cache(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("flowcache")
-    prepare_dataset(PrepareConfig(data=data_dir, cache=root, splits=("val",), segment_frames=6,
-                                  identity_every=3, max_frames_per_clip=12, clip_ids=("C018",)))
-    return root
+def cache(c018_cache):
+    return c018_cache
 
 
 def test_batches_carry_targets_and_the_flow_loss_trains_the_warp_net(cache):

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from avatar_engine.data.prepare import PrepareConfig, prepare_dataset
 from avatar_engine.face.identity import IdentityEncoder
 from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.training.ddp import DistInfo
@@ -48,13 +47,8 @@ def test_one_step_on_two_val_frames_lowers_the_loss(data_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(data_dir, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    for split in ("train", "val"):  # the same val clip stands in for both splits here
-        prepare_dataset(PrepareConfig(data=data_dir, cache=cache / "tmp", splits=("val",), segment_frames=6,
-                                      identity_every=3, max_frames_per_clip=12, clip_ids=("C018",)))
-        (cache / "tmp" / "val").rename(cache / split)
-    return cache
+def tiny_cache(c018_cache):
+    return c018_cache
 
 
 def _ddp_worker(rank: int, world: int, port: int, cache: str, out: str) -> None:
