@@ -3,7 +3,8 @@
 :func:`enroll` chains :func:`calibration.capture.run_capture`, :func:`calibration.personalize.prepare_capture`,
 :func:`calibration.personalize.personalize` and :meth:`calibration.profiles.ProfileStore.write`. The
 capture video and the prepared crops live in a temporary folder that is removed afterwards: a
-profile keeps the weights, the neutral landmarks, the source photo and the contact sheet only.
+profile keeps the weights (the renderer's and the mouth stage's), the neutral landmarks, the source
+photo and the contact sheet only.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import numpy as np
 from avatar_engine.face.landmarks import detect_source_landmarks
 from avatar_engine.io.image import read_image, write_image
 from avatar_engine.models.base_model import save_weights
+from avatar_engine.models.mouth_net import save_mouth_net
 from calibration.capture import CaptureConfig, CaptureResult, FrameSource, Preview, run_capture
 from calibration.personalize import PersonalizeConfig, PersonalizeResult, personalize, prepare_capture
-from calibration.profiles import Profile, ProfileStore, check_name, file_sha256
+from calibration.profiles import MOUTH_FILE, Profile, ProfileStore, check_name, file_sha256
 
 __all__ = ["EnrollConfig", "EnrollReport", "enroll"]
 
@@ -65,6 +67,10 @@ class EnrollReport:
         for key, label, unit in (("psnr", "PSNR", " dB"), ("mouth_l1", "mouth L1", ""),
                                  ("identity_distance", "identity distance", ""), ("heldout_loss", "loss", "")):
             out.append(f"  {label:<18} before {r.before[key]:.4f}{unit}  after {r.after[key]:.4f}{unit}")
+        if r.mouth is not None:
+            m = r.mouth
+            out.append(f"mouth stage: {m.steps} steps in {m.seconds:.0f} s; held-back mouth L1 before "
+                       f"{m.before:.4f}  after {m.after:.4f}")
         out.append(f"stages: capture {s['capture']:.0f} s, prepare {s['prepare']:.0f} s, "
                    f"personalize {s['personalize']:.0f} s")
         out.append(f"profile {self.profile.name!r} written to {self.profile.path}")
@@ -111,11 +117,18 @@ def enroll(config: EnrollConfig, camera: FrameSource, store: ProfileStore, previ
                   "frames_held_back": result.frames_held},
         "metrics": {"before": _metrics_table(result.before), "after": _metrics_table(result.after)},
     }
+    mouth = result.mouth
+    if mouth is not None:
+        meta["mouth"] = {"base_weights": mouth.init.name, "base_weights_sha256": file_sha256(mouth.init),
+                         "steps": mouth.steps, "seconds": round(mouth.seconds, 2),
+                         "held_back_mouth_l1": {"before": round(mouth.before, 5), "after": round(mouth.after, 5)}}
 
     def fill(folder: Path) -> None:
         save_weights(result.model, folder / "weights.safetensors",
                      {"kind": "personalized", "profile": config.name, "base_sha256": meta["base_weights_sha256"]},
                      half=True)
+        if mouth is not None:
+            save_mouth_net(mouth.net, folder / MOUTH_FILE, {"kind": "personalized", "profile": config.name})
         np.save(folder / "neutral_landmarks.npy", cap.source_landmarks.astype(np.float32))
         write_image(folder / "source.png", photo if photo is not None else cap.source_frame)
         write_image(folder / "contact_sheet.png", result.sheet)

@@ -6,6 +6,9 @@ one-clip corpus. :func:`split_holdout` keeps the first 80% of the kept frames fo
 holds back the last 20%. :func:`personalize` fine-tunes a copy of the start weights (the meta-learned
 ones when shipped) with :func:`calibration.adapt.adapt` and scores both models on held-back pairs
 (:func:`score_pairs`: PSNR, mouth L1, identity distance to the ground truth), with a contact sheet.
+Then :func:`personalize_mouth` fine-tunes the learned mouth stage (:mod:`avatar_engine.models.mouth_net`)
+on the same split, so the avatar gets the person's own teeth and lips, and scores its mouth-patch L1
+on the held-back pairs before and after.
 """
 from __future__ import annotations
 
@@ -24,11 +27,14 @@ from avatar_engine.data.prepare import PreparedClip, PrepareConfig, load_prepare
 from avatar_engine.errors import AvatarError
 from avatar_engine.eval.metrics import masked_l1, psnr, region_masks
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, load_model
+from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS, MouthNet, load_mouth_net
 from avatar_engine.models.weights import WEIGHTS_DIR
+from avatar_engine.training.mouth import MouthDataConfig, MouthStep, collect_mouth_pairs, mouth_area_l1, random_batches
 from calibration.adapt import AdaptConfig, AdaptResult, PairPool, adapt, slice_clip
 
-__all__ = ["META_WEIGHTS", "start_weights", "PersonalizeConfig", "PersonalizeResult", "prepare_capture",
-           "split_holdout", "score_pairs", "contact_sheet", "personalize"]
+__all__ = ["META_WEIGHTS", "start_weights", "MouthAdaptConfig", "PersonalizeConfig", "PersonalizeResult",
+           "MouthAdaptResult", "prepare_capture", "split_holdout", "score_pairs", "contact_sheet", "personalize",
+           "personalize_mouth"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -46,7 +52,21 @@ def start_weights() -> Path:
 def _default_adapt() -> AdaptConfig:
     # refinement network only, Adam 3e-4: the lowest held-back loss per second of the measured settings
     # (README, Enrollment); the warping network stays as trained on many people
-    return AdaptConfig(steps=120, seconds=75.0, lr=3e-4, params="refine")
+    return AdaptConfig(steps=120, seconds=45.0, lr=3e-4, params="refine")
+
+
+@dataclass
+class MouthAdaptConfig:
+    """Fine-tuning of the learned mouth stage: at most ``steps`` Adam steps of ``batch`` mouth pairs or
+    ``seconds`` of loop time, rate ``lr`` (cosine decay), from ``init`` (None: the shipped weights)."""
+
+    steps: int = 100
+    seconds: float = 30.0
+    lr: float = 3e-4
+    batch: int = 16
+    lip_weight: float = 4.0
+    init: Path | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -60,6 +80,7 @@ class PersonalizeConfig:
         eval_pairs: held-back pairs scored (PSNR, mouth L1; and the held-back loss).
         identity_pairs: of those, how many also get the identity distance (dlib, ~0.1 s each).
         sheet_rows: rows of the contact sheet.
+        mouth: fine-tuning of the learned mouth stage (None: the profile keeps the shipped one).
     """
 
     adapt: AdaptConfig = field(default_factory=_default_adapt)
@@ -68,6 +89,7 @@ class PersonalizeConfig:
     eval_pairs: int = 24
     identity_pairs: int = 8
     sheet_rows: int = 4
+    mouth: MouthAdaptConfig | None = field(default_factory=MouthAdaptConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout < 1:
@@ -163,8 +185,51 @@ def contact_sheet(before: NeuralAvatar, after: NeuralAvatar, pool: PairPool, row
 
 
 @dataclass
+class MouthAdaptResult:
+    """The personalized mouth network, its start file, mouth-patch L1 on the held-back pairs before
+    and after, steps and loop seconds."""
+
+    net: MouthNet
+    init: Path
+    before: float
+    after: float
+    steps: int
+    seconds: float
+
+
+def personalize_mouth(adapt_clips: list[PreparedClip], held: list[PreparedClip], config: MouthAdaptConfig,
+                      progress: Callable[[int, int, float, float], None] | None = None) -> MouthAdaptResult:
+    """Fine-tune the learned mouth stage on ``adapt_clips``' mouth pairs; score it on ``held``'s.
+
+    ``progress(step, steps, seconds, loss)`` after every step. Raises WeightsError: the start weights
+    are missing or corrupt; ValueError: no pairs (every segment a single frame)."""
+    import time
+
+    init = Path(config.init) if config.init is not None else DEFAULT_MOUTH_WEIGHTS
+    net = load_mouth_net(init)
+    patch = net.config.patch
+    train_pairs = collect_mouth_pairs(adapt_clips, MouthDataConfig(stride=1), patch)
+    held_pairs = collect_mouth_pairs(held, MouthDataConfig(stride=2), patch)
+    step = MouthStep(net, config.lr, config.lip_weight, config.steps)
+    before = mouth_area_l1(net, held_pairs, step.weight)["l1_corrected"]
+    t0, done = time.perf_counter(), 0
+    for batch in random_batches(train_pairs, config.batch, config.seed, 0, config.steps):
+        loss = step(batch)["loss"]
+        done += 1
+        elapsed = time.perf_counter() - t0
+        if progress is not None:
+            progress(done, config.steps, elapsed, loss)
+        if elapsed * (done + 1) / done > config.seconds:  # the next step would pass the budget
+            break
+    seconds = time.perf_counter() - t0
+    after = mouth_area_l1(net.eval(), held_pairs, step.weight)["l1_corrected"]
+    return MouthAdaptResult(net, init, before, after, done, seconds)
+
+
+@dataclass
 class PersonalizeResult:
-    """The adapted model, the start model, metrics before/after, the fine-tuning record, the sheet."""
+    """The adapted model, the start model, metrics before/after, the fine-tuning record, the sheet, and
+    the personalized mouth stage (None when off)."""
 
     model: NeuralAvatar
     start: NeuralAvatar
@@ -175,6 +240,7 @@ class PersonalizeResult:
     sheet: np.ndarray
     frames_adapt: int
     frames_held: int
+    mouth: MouthAdaptResult | None = None
 
 
 def personalize(clips: list[PreparedClip], config: PersonalizeConfig | None = None,
@@ -208,5 +274,6 @@ def personalize(clips: list[PreparedClip], config: PersonalizeConfig | None = No
     after = score_pairs(model, held_pool, cfg.identity_pairs, identity_encoder)
     before["heldout_loss"], after["heldout_loss"] = record.curve[0][2], record.curve[-1][2]
     sheet = contact_sheet(start, model, held_pool, cfg.sheet_rows)
+    mouth = None if cfg.mouth is None else personalize_mouth(adapt_clips, held, cfg.mouth, progress)
     return PersonalizeResult(model, start, init, before, after, record, sheet,
-                             sum(len(c) for c in adapt_clips), sum(len(c) for c in held))
+                             sum(len(c) for c in adapt_clips), sum(len(c) for c in held), mouth)

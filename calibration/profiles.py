@@ -6,6 +6,8 @@ Layout of ``<root>/<name>/`` (format :data:`FORMAT_VERSION`)::
                              their SHA-256, the adapted weights' SHA-256, fine-tuning settings, and
                              [metrics.before] / [metrics.after] on the held-back frames
     weights.safetensors      the personalized neural model (the renderer's weight format, fp16)
+    mouth.safetensors        the personalized learned mouth stage (optional: profiles enrolled without
+                             it use the shipped one); its SHA-256 is ``mouth_sha256`` in profile.toml
     neutral_landmarks.npy    (478, 3) float32 landmarks of the neutral frame, in its pixels
     source.png               the photo the avatar shows
     contact_sheet.png        held-back frames: source | ground truth | before | after
@@ -35,12 +37,14 @@ import numpy as np
 from avatar_engine.errors import ProfileError, WeightsError
 
 __all__ = ["FORMAT_VERSION", "FILES", "default_profiles_dir", "check_name", "file_sha256", "Profile", "ProfileStore", "dump_toml",
-           "profile_weights"]
+           "profile_weights", "profile_renderer_options", "MOUTH_FILE"]
 
 log = logging.getLogger("avatar_engine")
 
 FORMAT_VERSION = 1
 FILES = ("profile.toml", "weights.safetensors", "neutral_landmarks.npy", "source.png", "contact_sheet.png")
+MOUTH_FILE = "mouth.safetensors"
+"""The optional file of a profile: the personalized mouth stage."""
 """The files of a complete profile."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -104,6 +108,19 @@ class Profile:
     @property
     def weights(self) -> Path:
         return self.path / "weights.safetensors"
+
+    @property
+    def mouth_weights(self) -> Path | None:
+        """The personalized mouth stage, None when the profile has none (the shipped one is used)."""
+        path = self.path / MOUTH_FILE
+        return path if path.is_file() else None
+
+    def renderer_options(self) -> dict[str, Path]:
+        """``create_renderer("neural", ...)`` keyword arguments: the weights and, if any, the mouth stage's."""
+        out = {"weights": self.weights}
+        if self.mouth_weights is not None:
+            out["mouth_weights"] = self.mouth_weights
+        return out
 
     @property
     def source(self) -> Path:
@@ -187,6 +204,8 @@ class ProfileStore:
                 raise ProfileError(f"profile {name!r} not written: {', '.join(missing)} missing")
             head = {"format_version": FORMAT_VERSION, "name": name,
                     "weights_sha256": file_sha256(tmp / "weights.safetensors")}
+            if (tmp / MOUTH_FILE).is_file():
+                head["mouth_sha256"] = file_sha256(tmp / MOUTH_FILE)
             (tmp / "profile.toml").write_text(dump_toml({**head, **meta}), encoding="utf-8")
             if final.exists():
                 final.rename(old)
@@ -207,19 +226,27 @@ class ProfileStore:
 
 def _check_weights(profile: Profile) -> None:
     from avatar_engine.models.base_model import load_model
+    from avatar_engine.models.mouth_net import load_mouth_net
 
-    want = profile.meta.get("weights_sha256")
-    if want and file_sha256(profile.weights) != want:
-        raise ProfileError(f"profile {profile.name!r} is corrupt (weights.safetensors does not match its hash): "
-                           "enroll again")
-    try:
-        load_model(profile.weights)
-    except WeightsError as exc:
-        raise ProfileError(f"profile {profile.name!r}: {exc}") from None
+    files = [(profile.weights, "weights_sha256", load_model)]
+    if "mouth_sha256" in profile.meta and profile.mouth_weights is None:
+        raise ProfileError(f"profile {profile.name!r} is incomplete (missing {MOUTH_FILE}): enroll again")
+    if profile.mouth_weights is not None:
+        files.append((profile.mouth_weights, "mouth_sha256", load_mouth_net))
+    for path, key, load in files:
+        want = profile.meta.get(key)
+        if want and file_sha256(path) != want:
+            raise ProfileError(f"profile {profile.name!r} is corrupt ({path.name} does not match its hash): "
+                               "enroll again")
+        try:
+            load(path)
+        except WeightsError as exc:
+            raise ProfileError(f"profile {profile.name!r}: {exc}") from None
 
 
 def profile_weights(name: str | None, root: str | Path | None = None, live: bool = False) -> Path | None:
-    """The weight file of profile ``name`` for a renderer (None when ``name`` is None).
+    """The neural weight file of profile ``name`` (None when ``name`` is None); see
+    :func:`profile_renderer_options` for everything a renderer takes from a profile.
 
     Args:
         live: a session is already running: a bad profile gives a warning and None (the base model)
@@ -227,12 +254,25 @@ def profile_weights(name: str | None, root: str | Path | None = None, live: bool
     Raises:
         ProfileError: the profile is missing, corrupt or mismatched (``live`` False).
     """
+    return profile_renderer_options(name, root, live).get("weights")
+
+
+def profile_renderer_options(name: str | None, root: str | Path | None = None, live: bool = False
+                             ) -> dict[str, Path]:
+    """``create_renderer("neural", ...)`` keyword arguments of profile ``name`` ({} when ``name`` is None).
+
+    Args:
+        live: a session is already running: a bad profile gives a warning and {} (the base model)
+            instead of an error.
+    Raises:
+        ProfileError: the profile is missing, corrupt or mismatched (``live`` False).
+    """
     if name is None:
-        return None
+        return {}
     try:
-        return ProfileStore(root).load(name).weights
+        return ProfileStore(root).load(name).renderer_options()
     except ProfileError as exc:
         if not live:
             raise
         log.warning("%s; using the base model", exc)
-        return None
+        return {}

@@ -53,13 +53,16 @@ def add_backend(g: argparse._ActionsContainer) -> None:
 
 
 def add_avatar(g: argparse._ActionsContainer, what: str = "output") -> None:
-    """Renderer options: ``--renderer --size --device --backend --threads --no-paste-back``."""
+    """Renderer options: ``--renderer --size --device --backend --threads --mouth-net --no-paste-back``."""
     g.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERER_CHOICES,
                    help="renderer (default: %(default)s: the shipped trained model; mesh: the geometric warp)")
     g.add_argument("--size", type=int, default=256, choices=(256, 512), help="face-crop resolution (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     add_backend(g)
     g.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    g.add_argument("--mouth-net", action="store_true",
+                   help="redraw the mouth with the shipped learned mouth stage (experimental: lower mouth-area error, "
+                        "but blurrier teeth; a --profile with a personalized mouth stage uses its own)")
     g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help=f"{what} the face crop only, not the whole photo")
 
@@ -86,20 +89,27 @@ def add_profile(g: argparse._ActionsContainer) -> None:
 
 
 def renderer_options(args: argparse.Namespace) -> dict:
-    """``create_renderer`` keyword arguments of the parsed options: ``{"weights": path}`` for ``--profile``.
+    """``create_renderer`` keyword arguments of the parsed options: ``"mouth_weights"`` (the shipped
+    learned mouth stage) for ``--mouth-net``; ``"weights"`` (and ``"mouth_weights"`` when the profile has a
+    personalized mouth stage) for ``--profile``.
 
     Raises:
         ProfileError: the profile is missing, corrupt or mismatched. AvatarError: --profile with a renderer
             other than neural.
     """
+    options: dict = {}
+    if getattr(args, "mouth_net", False):
+        from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS
+
+        options["mouth_weights"] = DEFAULT_MOUTH_WEIGHTS
     name = getattr(args, "profile", None)
     if name is None:
-        return {}
+        return options
     if args.renderer != "neural":
         raise AvatarError(f"--profile needs the neural renderer (got --renderer {args.renderer})")
-    from calibration.profiles import profile_weights
+    from calibration.profiles import profile_renderer_options
 
-    return {"weights": profile_weights(name, args.profiles_dir)}
+    return options | profile_renderer_options(name, args.profiles_dir)
 
 
 def set_threads(threads: int | None) -> None:

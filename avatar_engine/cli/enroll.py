@@ -30,9 +30,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("personalization")
     g.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: 120)")
     g.add_argument("--budget", type=float, default=None, metavar="S",
-                   help="fine-tuning time budget in seconds (default: 75)")
+                   help="fine-tuning time budget of the renderer in seconds (default: 45; the mouth stage: 30 more)")
     g.add_argument("--params", choices=("all", "refine", "norm"), default=None,
                    help="parameters fine-tuned (default: refine, the refinement network)")
+    g.add_argument("--mouth-steps", type=int, default=None, metavar="N",
+                   help="fine-tuning steps of the learned mouth stage (default: 100; 0: keep the shipped one)")
     g.add_argument("--init", type=Path, default=None,
                    help="start weights (default: the shipped meta-learned weights, else the base model)")
     g.add_argument("--no-identity", dest="identity", action="store_false",
@@ -49,7 +51,10 @@ def _adapt_config(args: argparse.Namespace):
     base = PersonalizeConfig().adapt
     changes = {k: v for k, v in (("steps", args.steps), ("seconds", args.budget), ("params", args.params))
                if v is not None}
-    return PersonalizeConfig(adapt=dataclasses.replace(base, **changes), init=args.init)
+    mouth = PersonalizeConfig().mouth
+    if args.mouth_steps is not None:
+        mouth = None if args.mouth_steps <= 0 else dataclasses.replace(mouth, steps=args.mouth_steps)
+    return PersonalizeConfig(adapt=dataclasses.replace(base, **changes), init=args.init, mouth=mouth)
 
 
 def _open_preview(wanted: bool):
@@ -95,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
                    disable=None)
 
         def progress(step: int, total: int, seconds: float, loss: float) -> None:
+            if step < bar.n:  # the renderer is done: the mouth stage's steps start
+                bar.reset(total=total)
+                bar.set_description("personalize mouth")
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}")
 

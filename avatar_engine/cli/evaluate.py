@@ -30,8 +30,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-self", dest="self_reenactment", action="store_false", help="skip self-reenactment")
     p.add_argument("--no-face-layers", dest="face_layers", action="store_false",
                    help="plain renderers: no eye / mouth layers, additive lid retargeting (before / after comparisons)")
-    p.add_argument("--no-mouth-net", dest="mouth_net", action="store_false",
-                   help="without the learned mouth stage (before / after comparisons)")
+    p.add_argument("--mouth-net", action="store_true",
+                   help="with the shipped learned mouth stage (off by default, as in start / render)")
     p.add_argument("--clips", nargs="+", default=None, metavar="ID", help="only these clip ids")
     p.add_argument("--images", nargs="+", default=None, metavar="ID", help="only these cross-reenactment photo ids")
     p.add_argument("--device", default="cpu", help="torch device of the renderers")

@@ -58,6 +58,7 @@ from avatar_engine.errors import AvatarError, NoFaceError
 from avatar_engine.face.identity import SAME_PERSON_THRESHOLD, IdentityConfig, IdentityEncoder
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.geometry.retarget import RetargetConfig
+from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
 from avatar_engine.renderers import RENDERER_NAMES, create_renderer
 from avatar_engine.renderers.base import Renderer
@@ -125,9 +126,10 @@ class EvalConfig:
         clip_ids, image_ids: restrict to these clips / photos (None = all of the split).
         region_margin: growth of the mouth / eye masks, in inter-ocular distances.
         face_layers: draw the renderers' face layers and retarget the lids by open ratio (False: the
-            plain renderers with additive lid retargeting, for before / after comparisons; it also
-            turns the learned mouth stage off).
-        mouth_net: run the renderers' learned mouth stage (False: without it, for before / after).
+            plain renderers with additive lid retargeting, for before / after comparisons; the learned
+            mouth stage is then off too).
+        mouth_net: draw the shipped learned mouth stage over the renderers' outputs (off by default, as
+            in ``start`` / ``render``; True: for before / after).
         device: torch device of the renderers.
         backend: their inference backend (``avatar_engine.backends.BACKEND_CHOICES``).
         sheet_frames: columns (frames) per row of the contact sheet.
@@ -149,7 +151,7 @@ class EvalConfig:
     image_ids: tuple[str, ...] | None = None
     region_margin: float = 0.1
     face_layers: bool = True
-    mouth_net: bool = True
+    mouth_net: bool = False
     device: str = "cpu"
     backend: str = "eager"
     sheet_frames: int = 6
@@ -298,8 +300,8 @@ class _Evaluator:
         for r in self.renderers.values():
             if not config.face_layers:
                 r.layers = None
-            if not (config.face_layers and config.mouth_net):
-                r.mouth_weights = None
+            if config.mouth_net:
+                r.mouth_weights = DEFAULT_MOUTH_WEIGHTS
         self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers))
         self._source_ids: dict[str, np.ndarray | None] = {}
 

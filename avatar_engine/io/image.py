@@ -58,7 +58,7 @@ def write_image(path: str | Path, rgb: np.ndarray) -> None:
 
 def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """``(H, W, 3) uint8`` -> ``(1, 3, H, W) float in [0, 1]`` on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+    return torch.from_numpy(np.require(image, requirements=("C", "W"))).to(device).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:

@@ -10,8 +10,10 @@ size for every face) on
     x = [rendered patch (3), source patch (3), target inner / outer lip masks (2), source inner lip mask (1)]
 
 ``(B, 9, P, P)``, images in ``[-1, 1]``, and predicts a correction ``(B, 3, P, P)`` (in ``[-1, 1]``
-units) that is feathered and added to the rendered crop. The last layer starts at zero, so an
-untrained network changes nothing.
+units). The correction is gated to the target's mouth opening (:func:`correction_gate`: the inner-lip
+mask grown by a few pixels and softened), so the lips keep the shape the warp gave them (their
+landmarks, the expression) and only the interior is redrawn; it is then feathered and added to the
+rendered crop. The last layer starts at zero, so an untrained network changes nothing.
 
 :class:`MouthStage` is the per-source runtime wrapper that the face layers call:
 ``stage.apply(image, target) -> image``.
@@ -32,7 +34,7 @@ from avatar_engine.geometry.mouth_patch import (MouthPatchConfig, cut_patch, fea
 from avatar_engine.models.weights import WEIGHTS_DIR, load_module, save_module
 
 __all__ = ["MouthNetConfig", "MouthNet", "MouthStage", "DEFAULT_MOUTH_WEIGHTS", "IN_CHANNELS", "save_mouth_net",
-           "load_mouth_net", "mouth_inputs"]
+           "load_mouth_net", "mouth_inputs", "correction_gate"]
 
 DEFAULT_MOUTH_WEIGHTS = WEIGHTS_DIR / "mouth_lite.safetensors"
 IN_CHANNELS = 9
@@ -90,6 +92,14 @@ class MouthNet(nn.Module):
         return self.out(self.head(torch.cat([up, x], 1)))
 
 
+def correction_gate(x: torch.Tensor, grow: int = 3) -> torch.Tensor:
+    """``(B, 1, P, P)`` in [0, 1]: where the correction applies, from the inputs ``x (B, 9, P, P)``: the
+    target inner-lip mask (channel 6) grown by ``grow`` pixels, then box-blurred over as many."""
+    k = 2 * grow + 1
+    grown = F.max_pool2d(x[:, 6:7], k, 1, grow)
+    return F.avg_pool2d(grown, k, 1, grow, count_include_pad=False)
+
+
 def save_mouth_net(net: MouthNet, path: str | Path, metadata: dict[str, str] | None = None,
                    half: bool = True) -> None:
     """Write ``net`` (fp16 by default) and its config to a safetensors file."""
@@ -142,6 +152,7 @@ class MouthStage:
         x = mouth_inputs(cut_patch(image, affine, size), self.source_patch, to_patch(t, affine), self.source_inner,
                          size)
         with torch.inference_mode():
-            delta = self.net(torch.from_numpy(x)[None].to(self.device))[0]
+            xt = torch.from_numpy(x)[None].to(self.device)
+            delta = (self.net(xt) * correction_gate(xt))[0]
         delta = delta.permute(1, 2, 0).float().cpu().numpy() * self.feather
         return paste_delta(image, delta, affine)

@@ -14,6 +14,7 @@ stages after any renderer (the SR step at 512) follow it (``Renderer.backend``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -40,12 +41,18 @@ RENDERER_NAMES: tuple[str, ...] = tuple(_RENDERERS)
 def create_renderer(name: str, device: torch.device | str = "cpu", *, backend: str = "eager",
                     **kwargs: Any) -> Renderer:
     """Build a renderer by name (one of :data:`RENDERER_NAMES`) with an inference backend
-    (:data:`avatar_engine.backends.BACKEND_CHOICES`; ``auto``: the fastest here)."""
+    (:data:`avatar_engine.backends.BACKEND_CHOICES`; ``auto``: the fastest here).
+
+    ``mouth_weights`` (any renderer's keyword): the learned mouth stage's weight file
+    (:attr:`Renderer.mouth_weights`; kept when the neural renderer falls back to the mesh)."""
     try:
         cls = _RENDERERS[name]
     except KeyError:
         raise ValueError(f"unknown renderer {name!r}; choose from {', '.join(RENDERER_NAMES)}") from None
     check_backend(backend)
+    mouth_weights = kwargs.pop("mouth_weights", None)
     renderer = cls(device, backend=backend, **kwargs) if name == "neural" else cls(device, **kwargs)
     renderer.backend = backend
+    if mouth_weights is not None:
+        renderer.mouth_weights = Path(mouth_weights)
     return renderer

@@ -11,7 +11,8 @@ re-prepares.
 Every renderer's output then gets the face layers (:mod:`avatar_engine.geometry.face_layers`: eyes
 that follow the gaze and close, a mouth interior with teeth) unless its ``layers`` is None, and then
 the learned mouth stage (:mod:`avatar_engine.models.mouth_net`: lips, teeth and cavity redrawn by a
-small network trained on the corpus's mouths) unless its ``mouth_weights`` is None. The ``source``
+small network trained on the corpus's mouths) when its ``mouth_weights`` names one (off by default: an
+enrolled profile's personalized stage, or the shipped one with ``--mouth-net``). The ``source``
 renderer, the no-motion baseline, has neither.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from avatar_engine.errors import WeightsError
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
-from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS, MouthNet, MouthStage, load_mouth_net
+from avatar_engine.models.mouth_net import MouthNet, MouthStage, load_mouth_net
 
 __all__ = ["Renderer", "RenderPlan"]
 
@@ -54,20 +55,21 @@ class Renderer(ABC):
 
     Attributes:
         layers: face layers drawn over every output (None: off); set before the first ``render``.
-        mouth_weights: the learned mouth stage's weight file (None: off); set before the first
-            ``render``. A missing or corrupt file logs one warning and the stage stays off.
+        mouth_weights: the learned mouth stage's weight file (None, the default: off; the shipped
+            :data:`~avatar_engine.models.mouth_net.DEFAULT_MOUTH_WEIGHTS` or a profile's); drawn with the
+            face layers (never when ``layers`` is None); set before the first ``render``. A missing or
+            corrupt file logs one warning and the stage stays off.
     """
 
     name: str = ""
     backend: str = "eager"
     """Inference backend requested for this renderer's graph and the stages after it (the SR step)."""
     default_layers: FaceLayersConfig | None = FaceLayersConfig()
-    default_mouth_weights: Path | None = DEFAULT_MOUTH_WEIGHTS
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.layers: FaceLayersConfig | None = self.default_layers
-        self.mouth_weights: Path | None = self.default_mouth_weights
+        self.mouth_weights: Path | None = None
         self._source_key: str | None = None
         self._layers: FaceLayers | None = None
         self._mouth_net: tuple[Path, MouthNet | None] | None = None  # (file, network or None if it failed)
@@ -91,10 +93,10 @@ class Renderer(ABC):
         if self._source_key != source.key:
             self._prepare(source)
             self._layers = None if self.layers is None else FaceLayers(source.crop_image, source.landmarks, self.layers)
-            net = self._load_mouth_net()
+            net = None if self.layers is None else self._load_mouth_net()
             self._mouth = None if net is None else MouthStage(net, source.crop_image, source.landmarks)
             self._source_key = source.key
-        target = np.asarray(target, np.float32)
+        target = np.array(target, np.float32)  # own, writable copy (a cache may hand a read-only view)
         with torch.inference_mode():
             geometry = self._geometry(source, target)
         return RenderPlan(source.key, target, geometry)

@@ -14,7 +14,6 @@ class SourceRenderer(Renderer):
 
     name = "source"
     default_layers = None  # the unmoved photo: nothing drawn over it
-    default_mouth_weights = None
 
     def _prepare(self, source: SourceFace) -> None:
         pass

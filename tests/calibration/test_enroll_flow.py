@@ -17,8 +17,8 @@ def enrolled(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("profiles")
     clip = data_dir / "clips" / "val" / "P004" / "C018.mp4"
     photo = data_dir / "images" / "val" / "P029" / "I023.jpg"
-    rc = main(["enroll", "--name", "ann", "--video", str(clip), "--seconds", "3", "--steps", "2", "--source", str(photo),
-               "--profiles-dir", str(root), "--threads", "1"])
+    rc = main(["enroll", "--name", "ann", "--video", str(clip), "--seconds", "3", "--steps", "2", "--mouth-steps", "3",
+               "--source", str(photo), "--profiles-dir", str(root), "--threads", "1"])
     assert rc == 0
     return root, clip, photo
 
@@ -45,8 +45,9 @@ def test_profile_written(enrolled, capsys):
     assert meta["adapt"]["steps"] == 2 and meta["adapt"]["frames_held_back"] > 0
     for when in ("before", "after"):
         assert {"psnr", "mouth_l1", "identity_distance", "heldout_loss"} <= set(meta["metrics"][when])
-    assert {p.name for p in folder.iterdir()} == {"profile.toml", "weights.safetensors", "neutral_landmarks.npy",
-                                                 "source.png", "contact_sheet.png"}
+    assert meta["mouth"]["steps"] == 3 and meta["mouth"]["held_back_mouth_l1"]["after"] > 0
+    assert {p.name for p in folder.iterdir()} == {"profile.toml", "weights.safetensors", "mouth.safetensors",
+                                                 "neutral_landmarks.npy", "source.png", "contact_sheet.png"}
     assert main(["profiles", "list", "--profiles-dir", str(root)]) == 0
     assert "ann" in capsys.readouterr().out
 
@@ -59,6 +60,7 @@ def test_render_uses_the_profile(enrolled, tmp_path, monkeypatch):
                "--max-frames", "3", "--no-audio", "--profile", "ann", "--profiles-dir", str(root)])
     assert rc == 0 and probe_video(out).frames == 3
     assert seen["name"] == "neural" and seen["weights"] == root / "ann" / "weights.safetensors"
+    assert seen["mouth_weights"] == root / "ann" / "mouth.safetensors"
 
 
 def test_start_uses_the_profile(enrolled, tmp_path, monkeypatch):

@@ -8,10 +8,12 @@ import tomllib
 import numpy as np
 import pytest
 
-from avatar_engine.errors import ProfileError
+from avatar_engine.errors import AvatarError, ProfileError
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, NeuralConfig, save_weights
 from avatar_engine.models.refine_net import RefineNetConfig
-from calibration.profiles import FILES, ProfileStore, check_name, dump_toml, file_sha256, profile_weights
+from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS
+from calibration.profiles import (FILES, MOUTH_FILE, ProfileStore, check_name, dump_toml, file_sha256,
+                                  profile_renderer_options, profile_weights)
 
 
 def _fill(folder, weights=DEFAULT_WEIGHTS):
@@ -147,6 +149,54 @@ def test_weights_of_another_network(store, tmp_path):
     with pytest.raises(ProfileError) as exc:
         store.load("bob")
     assert "does not match" in _one_line(exc)
+
+
+def test_personalized_mouth_stage_is_checked_and_handed_to_the_renderer(store):
+    def with_mouth(folder):
+        _fill(folder)
+        shutil.copyfile(DEFAULT_MOUTH_WEIGHTS, folder / MOUTH_FILE)
+
+    assert profile_renderer_options("alice", store.root) == {"weights": store.path("alice") / "weights.safetensors"}
+    prof = store.write("alice", META, with_mouth)
+    assert prof.meta["mouth_sha256"] == file_sha256(prof.path / MOUTH_FILE)
+    assert profile_renderer_options("alice", store.root)["mouth_weights"] == prof.path / MOUTH_FILE
+    m = prof.path / MOUTH_FILE
+    data = bytearray(m.read_bytes())
+    data[-3] ^= 0xFF
+    m.write_bytes(bytes(data))
+    with pytest.raises(ProfileError) as exc:
+        store.load("alice")
+    assert "mouth.safetensors does not match its hash" in _one_line(exc)
+    m.unlink()
+    with pytest.raises(ProfileError) as exc:
+        store.load("alice")
+    assert "missing mouth.safetensors" in _one_line(exc)
+    assert profile_renderer_options("alice", store.root, live=True) == {}
+
+
+def test_cli_options_mouth_net_and_profile(store):
+    from argparse import Namespace
+
+    from avatar_engine.cli.args import renderer_options
+
+    def opts(**kw):
+        base = dict(renderer="neural", mouth_net=False, profile=None, profiles_dir=store.root)
+        return renderer_options(Namespace(**(base | kw)))
+
+    assert opts() == {}
+    assert opts(mouth_net=True, renderer="mesh") == {"mouth_weights": DEFAULT_MOUTH_WEIGHTS}
+    weights = store.path("alice") / "weights.safetensors"
+    assert opts(profile="alice") == {"weights": weights}
+    assert opts(profile="alice", mouth_net=True) == {"weights": weights, "mouth_weights": DEFAULT_MOUTH_WEIGHTS}
+
+    def with_mouth(folder):
+        _fill(folder)
+        shutil.copyfile(DEFAULT_MOUTH_WEIGHTS, folder / MOUTH_FILE)
+
+    prof = store.write("alice", META, with_mouth)
+    assert opts(profile="alice", mouth_net=True)["mouth_weights"] == prof.path / MOUTH_FILE  # the personalized one
+    with pytest.raises(AvatarError, match="--profile needs the neural renderer"):
+        opts(profile="alice", renderer="mesh")
 
 
 def test_bad_neutral_landmarks(store):

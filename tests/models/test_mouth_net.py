@@ -112,21 +112,30 @@ def test_weight_file_roundtrip_and_bad_files(tmp_path):
         load_mouth_net(tmp_path / "missing.safetensors")
 
 
-def test_renderers_run_the_shipped_stage_and_fall_back_with_one_warning(source, frames, tmp_path, caplog):
+def test_the_stage_is_opt_in_drawn_with_the_face_layers_and_falls_back_with_one_warning(source, frames, tmp_path,
+                                                                                         caplog):
     assert DEFAULT_MOUTH_WEIGHTS.is_file(), "the shipped mouth weights are part of the package"
     from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 
     with LandmarkDetector(LandmarkConfig(), static=True) as det:
         target = det.detect(frames[30])  # another frame of the clip, same framing
     target = source.crop.to_crop(target)
-    on = create_renderer("mesh")
     off = create_renderer("mesh")
-    off.mouth_weights = None
+    assert off.mouth_weights is None  # off by default
+    on = create_renderer("mesh", mouth_weights=DEFAULT_MOUTH_WEIGHTS)
     a, b = on.render(source, target), off.render(source, target)
     assert not np.array_equal(a, b)
-    assert create_renderer("source").mouth_weights is None
-    broken = create_renderer("mesh")
-    broken.mouth_weights = tmp_path / "nothing.safetensors"
+    # a neural renderer that falls back to the mesh keeps the stage
+    fallback = create_renderer("neural", weights=tmp_path / "none.safetensors", mouth_weights=DEFAULT_MOUTH_WEIGHTS)
+    assert fallback.name == "mesh" and np.array_equal(fallback.render(source, target), a)
+    # the stage belongs to the face layers: without them (and for the source baseline) it is not drawn
+    plain_on = create_renderer("mesh", mouth_weights=DEFAULT_MOUTH_WEIGHTS)
+    plain_off = create_renderer("mesh")
+    plain_on.layers = plain_off.layers = None
+    assert np.array_equal(plain_on.render(source, target), plain_off.render(source, target))
+    src = create_renderer("source", mouth_weights=DEFAULT_MOUTH_WEIGHTS)
+    assert np.array_equal(src.render(source, target), source.crop_image)
+    broken = create_renderer("mesh", mouth_weights=tmp_path / "nothing.safetensors")
     with caplog.at_level(logging.WARNING, logger="avatar_engine"):
         caplog.clear()
         c = broken.render(source, target)
@@ -136,7 +145,8 @@ def test_renderers_run_the_shipped_stage_and_fall_back_with_one_warning(source, 
 
 
 def test_pairs_from_a_prepared_clip_and_training_lowers_the_mouth_error(c018_cache, tmp_path):
-    cfg = MouthTrainConfig(steps=30, batch=8, lr=2e-3, val_every=30, save_every=15, log_every=5,
+    cfg = MouthTrainConfig(steps=30, batch=8, lr=2e-3, val_every=30, save_every=15, log_every=5, gan=0.02,
+                           feature_matching=0.5,
                            train=MouthDataConfig(stride=1), val=MouthDataConfig(stride=2))
     folder = build_mouth_pairs(c018_cache, "train", cfg.train, cfg.model.patch)
     pairs = load_mouth_pairs(folder)
@@ -148,6 +158,8 @@ def test_pairs_from_a_prepared_clip_and_training_lowers_the_mouth_error(c018_cac
     torch.testing.assert_close(b["x"][1], plain["x"][0].flip(-1))
     report = train_mouth(cfg, c018_cache, tmp_path / "run", steps=15)
     assert report.steps == 15 and (tmp_path / "run" / "checkpoint.pt").is_file()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert {"model", "disc", "d_optimizer"} <= set(state)  # the discriminator is checkpointed too
     report = train_mouth(cfg, c018_cache, tmp_path / "run")  # resumes at 15
     assert report.steps == 30 and report.steps_this_run == 15
     val = report.last_val
