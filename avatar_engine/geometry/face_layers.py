@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from avatar_engine.geometry.eyes import EyeLayer, EyeLayerConfig
 from avatar_engine.geometry.mouth import MouthLayer, MouthLayerConfig
+
+if TYPE_CHECKING:
+    from avatar_engine.geometry.mouth_bank import MouthBank
 
 __all__ = ["FaceLayersConfig", "FaceLayers"]
 
@@ -26,12 +30,14 @@ class FaceLayers:
         crop: ``(S, S, 3) uint8`` source crop.
         points: ``(478, 2|3)`` source landmarks in crop pixels.
         config: which layers.
+        mouth_bank: the person's own mouth interiors for the mouth layer (None: the procedural one).
     """
 
-    def __init__(self, crop: np.ndarray, points: np.ndarray, config: FaceLayersConfig = FaceLayersConfig()):
+    def __init__(self, crop: np.ndarray, points: np.ndarray, config: FaceLayersConfig = FaceLayersConfig(),
+                 mouth_bank: MouthBank | None = None):
         self.config = config
         self.eyes = EyeLayer(crop, points, config.eyes) if config.eyes is not None else None
-        self.mouth = MouthLayer(crop, points, config.mouth) if config.mouth is not None else None
+        self.mouth = MouthLayer(crop, points, config.mouth, mouth_bank) if config.mouth is not None else None
 
     def apply(self, image: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``image (S, S, 3) uint8`` rendered at ``target (478, 2|3)`` -> the same with the layers drawn."""

@@ -11,7 +11,10 @@ source's colours, blended in by how much wider the target opens than the source:
 * the lower teeth: a narrower, darker band above the lower lip once the mouth is wide open.
 
 A source that already shows an open mouth keeps its own interior (the warp moves it) until the
-target opens clearly wider. Landmarks ``(478, 2|3)`` in crop pixels; see :mod:`.openings`.
+target opens clearly wider. With a person's :class:`~avatar_engine.geometry.mouth_bank.MouthBank` (from
+an enrollment capture) the interior is their own instead: the exemplar of the nearest opening, mapped
+into the target opening (upper inner lip to upper inner lip, lower to lower) and matched to the
+source's lip colour. Landmarks ``(478, 2|3)`` in crop pixels; see :mod:`.openings`.
 """
 from __future__ import annotations
 
@@ -21,12 +24,11 @@ import cv2
 import numpy as np
 
 from avatar_engine.face import topology
-from avatar_engine.geometry.openings import Opening, opening_frame, patch_around
+from avatar_engine.geometry.mouth_bank import MouthBank, lip_colour, mouth_shape
+from avatar_engine.geometry.openings import MOUTH, OpeningFrame, opening_frame, patch_around
 
 __all__ = ["MouthLayerConfig", "MouthLayer", "MOUTH"]
 
-MOUTH = Opening(tuple(int(i) for i in topology.INNER_LIPS_LOOP), 78, 308)
-"""The inner-lip opening, split at the mouth corners."""
 
 _OUTER_EYE_CORNERS = (33, 263)
 _SKIN_POINTS = (4, 5, 195, 197, 50, 280)  # nose bridge and cheeks: the face's brightness
@@ -72,10 +74,13 @@ def _teeth_share(block: np.ndarray, inside: np.ndarray) -> float:
 class MouthLayer:
     """The mouth interior of one source (see the module docstring), built from the source crop
     ``crop (S, S, 3) uint8`` and its landmarks ``points (478, 2|3)``: lip and face colours, the source's
-    own opening and whether it shows teeth."""
+    own opening and whether it shows teeth; with ``bank``, the person's own exemplar interiors."""
 
-    def __init__(self, crop: np.ndarray, points: np.ndarray, config: MouthLayerConfig = MouthLayerConfig()):
+    def __init__(self, crop: np.ndarray, points: np.ndarray, config: MouthLayerConfig = MouthLayerConfig(),
+                 bank: MouthBank | None = None):
         self.config = config
+        self.bank = bank
+        self._bank_frames: list[OpeningFrame] = [] if bank is None else [opening_frame(q, MOUTH) for q in bank.points]
         p = np.asarray(points, np.float64)[:, :2]
         self.frame = opening_frame(p, MOUTH)
         self.source_gap = self.frame.gap()
@@ -84,11 +89,9 @@ class MouthLayer:
         brightness = float(np.clip(np.median(skin.mean(axis=1)) / 170.0, 0.6, 1.1))
         self.teeth = np.asarray(config.teeth_colour) * brightness
         outer = patch_around(p[topology.OUTER_LIPS_IDX], 0.0, crop.shape[:2])
-        lips_mask = np.zeros(crop.shape[:2], np.uint8)
-        cv2.fillPoly(lips_mask, [np.round(p[topology.OUTER_LIPS_LOOP] - 0.5).astype(np.int32)], 1)
-        cv2.fillPoly(lips_mask, [np.round(p[topology.INNER_LIPS_LOOP] - 0.5).astype(np.int32)], 0)
-        lips = crop[lips_mask.astype(bool)]
-        lip = np.median(lips, axis=0) if len(lips) else np.array([150.0, 80.0, 80.0])
+        lip = lip_colour(crop, p)
+        # exemplar colours matched to this photo's lips (the capture's light may differ)
+        self._bank_gain = None if bank is None else np.clip(lip / np.maximum(bank.lips, 1.0), 0.7, 1.4)
         self.cavity = lip * config.cavity_darkness
         inner = patch_around(p[topology.INNER_LIPS_IDX], 0.0, crop.shape[:2])
         shows = False
@@ -111,10 +114,49 @@ class MouthLayer:
         patch = patch_around(t[list(MOUTH.loop)], 1.0, image.shape[:2])
         if patch.empty:
             return image
-        iod = float(np.linalg.norm(t[_OUTER_EYE_CORNERS[0]] - t[_OUTER_EYE_CORNERS[1]]))
         w = tgt.width
         u, v = tgt.to_frame(patch.xy)
         up, lo = tgt.upper(u), tgt.lower(u)
+        if self.bank is not None:
+            colour = self._bank_interior(t, u, v, up, lo)
+        else:
+            iod = float(np.linalg.norm(t[_OUTER_EYE_CORNERS[0]] - t[_OUTER_EYE_CORNERS[1]]))
+            colour = self._procedural(tgt, u, v, up, lo, iod)
+        below_up, above_lo = (v - up) * w, (lo - v) * w  # px from the upper / lower inner lip
+        across = np.abs(u)
+        alpha = (weight * np.clip(np.minimum(below_up, above_lo) + 0.5, 0.0, 1.0)
+                 * np.clip((0.5 - across) * w + 0.5, 0.0, 1.0))[..., None]
+        out = image.copy()
+        block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
+        out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
+                                                            ).astype(np.uint8)
+        return out
+
+    def _bank_interior(self, t: np.ndarray, u: np.ndarray, v: np.ndarray, up: np.ndarray,
+                       lo: np.ndarray) -> np.ndarray:
+        """``(h, w, 3)`` float colours of the exemplar nearest the target ``t``'s mouth shape at the patch's
+        frame coordinates ``u, v`` (inner lips ``up``, ``lo`` there)."""
+        assert self.bank is not None and self._bank_gain is not None
+        k = self.bank.nearest(mouth_shape(t))
+        ex = self._bank_frames[k]
+        ue = np.clip(u, -0.5, 0.5)
+        top, bottom = ex.upper(ue), ex.lower(ue)
+        gap, ex_gap = np.maximum(lo - up, 1e-6), np.maximum(bottom - top, 1e-6)
+        below_up, above_lo, half = v - up, lo - v, 0.5 * ex_gap
+        # a target that opens less than the exemplar squeezes it; one that opens wider keeps the teeth at
+        # their size under the upper / over the lower lip and repeats the exemplar's middle row between
+        squeezed = top + np.clip(below_up / gap, 0.0, 1.0) * ex_gap
+        anchored = np.where(below_up < half, top + below_up, np.where(above_lo < half, bottom - above_lo, top + half))
+        xy = ex.to_pixels(ue, np.where(gap <= ex_gap, squeezed, anchored)).astype(np.float32) - 0.5
+        sample = cv2.remap(self.bank.blocks[k], xy[..., 0], xy[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        return sample.astype(np.float32) * self._bank_gain[k].astype(np.float32)
+
+    def _procedural(self, tgt: OpeningFrame, u: np.ndarray, v: np.ndarray, up: np.ndarray, lo: np.ndarray,
+                    iod: float) -> np.ndarray:
+        """``(h, w, 3)`` float colours of the procedural cavity and teeth at frame coordinates ``u, v``."""
+        cfg = self.config
+        w = tgt.width
         gap_px = np.maximum(lo - up, 0.0) * w
         below_up, above_lo = (v - up) * w, (lo - v) * w  # px from the upper / lower inner lip
         across = np.abs(u)
@@ -131,10 +173,4 @@ class MouthLayer:
             h_lo = np.minimum(cfg.lower_teeth * iod, cfg.lower_share * gap_px)
             lower_a = (np.clip(h_lo - above_lo + 0.5, 0.0, 1.0) * np.clip((0.75 * cfg.teeth_span - across) * w, 0, 1))
             colour = lower_a[..., None] * (0.85 * tooth) + (1.0 - lower_a[..., None]) * colour
-        alpha = (weight * np.clip(np.minimum(below_up, above_lo) + 0.5, 0.0, 1.0)
-                 * np.clip((0.5 - across) * w + 0.5, 0.0, 1.0))[..., None]
-        out = image.copy()
-        block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
-        out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
-                                                            ).astype(np.uint8)
-        return out
+        return colour

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Opening", "OpeningFrame", "opening_frame", "Patch", "patch_around"]
+from avatar_engine.face import topology
+
+__all__ = ["Opening", "OpeningFrame", "opening_frame", "Patch", "patch_around", "MOUTH"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class Opening:
         loop = loop[i:] + loop[:i]
         j = loop.index(self.right)
         return loop[: j + 1], [self.left] + loop[:j:-1] + [self.right]
+
+
+MOUTH = Opening(tuple(int(i) for i in topology.INNER_LIPS_LOOP), 78, 308)
+"""The inner-lip opening, split at the mouth corners."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 
 from avatar_engine.backends import check_backend
 from avatar_engine.config import DEFAULT_RENDERER
+from avatar_engine.geometry.mouth_bank import MouthBank
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.renderers.mesh import MeshRenderer
 from avatar_engine.renderers.neural import create_neural_renderer
@@ -43,16 +44,19 @@ def create_renderer(name: str, device: torch.device | str = "cpu", *, backend: s
     """Build a renderer by name (one of :data:`RENDERER_NAMES`) with an inference backend
     (:data:`avatar_engine.backends.BACKEND_CHOICES`; ``auto``: the fastest here).
 
-    ``mouth_weights`` (any renderer's keyword): the learned mouth stage's weight file
-    (:attr:`Renderer.mouth_weights`; kept when the neural renderer falls back to the mesh)."""
+    ``mouth_weights``, ``mouth_bank`` (any renderer's keywords): the learned mouth stage's weight file and
+    the person's mouth bank (:class:`Renderer`'s attributes; kept when the neural renderer falls back to
+    the mesh)."""
     try:
         cls = _RENDERERS[name]
     except KeyError:
         raise ValueError(f"unknown renderer {name!r}; choose from {', '.join(RENDERER_NAMES)}") from None
     check_backend(backend)
-    mouth_weights = kwargs.pop("mouth_weights", None)
+    mouth = {k: kwargs.pop(k, None) for k in ("mouth_weights", "mouth_bank")}
     renderer = cls(device, backend=backend, **kwargs) if name == "neural" else cls(device, **kwargs)
     renderer.backend = backend
-    if mouth_weights is not None:
-        renderer.mouth_weights = Path(mouth_weights)
+    if mouth["mouth_weights"] is not None:
+        renderer.mouth_weights = Path(mouth["mouth_weights"])
+    if (bank := mouth["mouth_bank"]) is not None:
+        renderer.mouth_bank = bank if isinstance(bank, MouthBank) else Path(bank)
     return renderer

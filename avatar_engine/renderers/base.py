@@ -18,6 +18,7 @@ renderer, the no-motion baseline, has neither.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import logging
@@ -29,6 +30,7 @@ import torch
 from avatar_engine.errors import WeightsError
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
+from avatar_engine.geometry.mouth_bank import MouthBank, load_mouth_bank
 from avatar_engine.models.mouth_net import MouthNet, MouthStage, load_mouth_net
 
 __all__ = ["Renderer", "RenderPlan"]
@@ -55,6 +57,9 @@ class Renderer(ABC):
 
     Attributes:
         layers: face layers drawn over every output (None: off); set before the first ``render``.
+        mouth_bank: the person's own mouth interiors for the mouth layer
+            (:mod:`~avatar_engine.geometry.mouth_bank`: a file, e.g. an enrolled profile's, or a bank;
+            None, the default: the procedural interior); a missing or corrupt file logs one warning.
         mouth_weights: the learned mouth stage's weight file (None, the default: off; the shipped
             :data:`~avatar_engine.models.mouth_net.DEFAULT_MOUTH_WEIGHTS` or a profile's); drawn with the
             face layers (never when ``layers`` is None); set before the first ``render``. A missing or
@@ -72,7 +77,8 @@ class Renderer(ABC):
         self.mouth_weights: Path | None = None
         self._source_key: str | None = None
         self._layers: FaceLayers | None = None
-        self._mouth_net: tuple[Path, MouthNet | None] | None = None  # (file, network or None if it failed)
+        self.mouth_bank: Path | MouthBank | None = None
+        self._loaded: dict[str, tuple[Path, object]] = {}  # attribute -> (file, what it loaded or None if it failed)
         self._mouth: MouthStage | None = None
 
     def render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
@@ -92,7 +98,8 @@ class Renderer(ABC):
         the thread that finds the landmarks, and :meth:`draw` in another."""
         if self._source_key != source.key:
             self._prepare(source)
-            self._layers = None if self.layers is None else FaceLayers(source.crop_image, source.landmarks, self.layers)
+            self._layers = None if self.layers is None else FaceLayers(source.crop_image, source.landmarks, self.layers,
+                                                                       self._load_mouth_bank())
             net = None if self.layers is None else self._load_mouth_net()
             self._mouth = None if net is None else MouthStage(net, source.crop_image, source.landmarks)
             self._source_key = source.key
@@ -114,17 +121,31 @@ class Renderer(ABC):
 
     def _load_mouth_net(self) -> MouthNet | None:
         """The learned mouth network of ``mouth_weights``, loaded once (None: off, or the file failed)."""
-        if self.mouth_weights is None:
+        return self._load_once("mouth_weights", lambda p: load_mouth_net(p, self.device),
+                               "drawing the mouth without the learned stage")
+
+    def _load_mouth_bank(self) -> MouthBank | None:
+        """The mouth bank of ``mouth_bank`` (a file loaded once, or a bank given as is; None: off or failed)."""
+        if isinstance(self.mouth_bank, MouthBank):
+            return self.mouth_bank
+        return self._load_once("mouth_bank", load_mouth_bank, "drawing the procedural mouth interior")
+
+    def _load_once(self, attribute: str, loader: Callable[[Path], object], fallback: str):
+        """``loader(path)`` of the file named by ``attribute``, cached per path; a WeightsError logs one
+        warning naming ``fallback`` and gives None (also for the next calls with the same path)."""
+        value = getattr(self, attribute)
+        if value is None:
             return None
-        path = Path(self.mouth_weights)
-        if self._mouth_net is None or self._mouth_net[0] != path:
+        path = Path(value)
+        cached = self._loaded.get(attribute)
+        if cached is None or cached[0] != path:
             try:
-                net: MouthNet | None = load_mouth_net(path, self.device)
+                obj = loader(path)
             except WeightsError as exc:
-                log.warning("%s; drawing the mouth without the learned stage", exc)
-                net = None
-            self._mouth_net = (path, net)
-        return self._mouth_net[1]
+                log.warning("%s; %s", exc, fallback)
+                obj = None
+            cached = self._loaded[attribute] = (path, obj)
+        return cached[1]
 
     def _geometry(self, source: SourceFace, target: np.ndarray) -> object:
         """The per-frame work that needs no network (source prepared; default: none)."""
