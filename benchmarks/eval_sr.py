@@ -45,11 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avatar_engine.data.prepare import default_cache_dir, load_prepared  # noqa: E402
 from avatar_engine.data.degrade import Degradation, degrade_clip  # noqa: E402
 from avatar_engine.eval import metrics  # noqa: E402
-from avatar_engine.face.crop import FaceCrop  # noqa: E402
 from avatar_engine.io.image import image_to_tensor, tensor_to_image
 from avatar_engine.renderers import create_renderer
 from avatar_engine.renderers.base import Renderer  # noqa: E402
-from avatar_engine.face.source import SourceFace  # noqa: E402
+from avatar_engine.face.source import crop_source  # noqa: E402
 from avatar_engine.pipeline.super_resolution import DEFAULT_WEIGHTS, SuperResolver, load_sr_net  # noqa: E402
 
 
@@ -63,10 +62,7 @@ def _renderer_inputs(renderer: Renderer, frames: np.ndarray, landmarks: np.ndarr
 
     ``frames (N, 256, 256, 3) uint8`` crops of one crop square, ``landmarks (N, 478, 3)`` in crop pixels.
     """
-    size = frames.shape[1]
-    source = SourceFace(image=np.array(frames[0]), crop=FaceCrop(size / 2, size / 2, size, size),
-                        crop_image=np.array(frames[0]), landmarks=np.array(landmarks[0], np.float32),
-                        faces_found=1, key=key)
+    source = crop_source(frames[0], landmarks[0], key)
     return np.stack([renderer.render(source, np.array(landmarks[i], np.float32)) for i in range(len(frames))])
 
 

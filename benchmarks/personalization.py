@@ -39,7 +39,7 @@ TASKS = {"P120": (("C151",), None), "P029": (("C054",), ("C059",)),
          "P004": (("C018", "C019", "C020", "C021"), ("C022", "C023", "C024", "C025"))}
 
 
-def _task_clips(cache: Path, name: str, adapt_seconds: float):
+def task_clips(cache: Path, name: str, adapt_seconds: float):
     adapt_ids, eval_ids = TASKS[name]
     clips = load_prepared(cache, "val", clip_ids=adapt_ids)
     if eval_ids is None:  # one long clip: the first adapt_seconds, then the rest
@@ -80,7 +80,7 @@ def main() -> None:
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {"tasks": {}}
     for name in args.tasks:
-        adapt_clips, eval_clips = _task_clips(args.cache, name, 30.0)
+        adapt_clips, eval_clips = task_clips(args.cache, name, 30.0)
         runs = results["tasks"].setdefault(name, {})
         for start in args.starts:
             load = os.getloadavg()

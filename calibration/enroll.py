@@ -24,7 +24,7 @@ from avatar_engine.models.base_model import save_weights
 from avatar_engine.models.mouth_net import save_mouth_net
 from calibration.capture import CaptureConfig, CaptureResult, FrameSource, Preview, run_capture
 from calibration.personalize import PersonalizeConfig, PersonalizeResult, personalize, prepare_capture
-from calibration.profiles import MOUTH_FILE, Profile, ProfileStore, check_name, file_sha256
+from calibration.profiles import BANK_FILE, MOUTH_FILE, Profile, ProfileStore, check_name, file_sha256
 
 __all__ = ["EnrollConfig", "EnrollReport", "enroll"]
 
@@ -67,6 +67,10 @@ class EnrollReport:
         for key, label, unit in (("psnr", "PSNR", " dB"), ("mouth_l1", "mouth L1", ""),
                                  ("identity_distance", "identity distance", ""), ("heldout_loss", "loss", "")):
             out.append(f"  {label:<18} before {r.before[key]:.4f}{unit}  after {r.after[key]:.4f}{unit}")
+        if r.bank is not None:
+            b = r.bank
+            out.append(f"mouth bank: {len(b.bank)} of your own mouth interiors kept; held-back mouth L1 with "
+                       f"procedural teeth {b.before:.4f}, with yours {b.after:.4f} ({b.metrics['frames']} frames)")
         if r.mouth is not None:
             m = r.mouth
             out.append(f"mouth stage: {m.steps} steps in {m.seconds:.0f} s; held-back mouth L1 before "
@@ -117,6 +121,9 @@ def enroll(config: EnrollConfig, camera: FrameSource, store: ProfileStore, previ
                   "frames_held_back": result.frames_held},
         "metrics": {"before": _metrics_table(result.before), "after": _metrics_table(result.after)},
     }
+    bank = result.bank
+    if bank is not None:
+        meta["mouth_bank"] = {"exemplars": len(bank.bank), "held_back": _metrics_table(bank.metrics)}
     mouth = result.mouth
     if mouth is not None:
         meta["mouth"] = {"base_weights": mouth.init.name, "base_weights_sha256": file_sha256(mouth.init),
@@ -127,6 +134,8 @@ def enroll(config: EnrollConfig, camera: FrameSource, store: ProfileStore, previ
         save_weights(result.model, folder / "weights.safetensors",
                      {"kind": "personalized", "profile": config.name, "base_sha256": meta["base_weights_sha256"]},
                      half=True)
+        if bank is not None:
+            bank.bank.save(folder / BANK_FILE, {"profile": config.name})
         if mouth is not None:
             save_mouth_net(mouth.net, folder / MOUTH_FILE, {"kind": "personalized", "profile": config.name})
         np.save(folder / "neutral_landmarks.npy", cap.source_landmarks.astype(np.float32))

@@ -6,9 +6,10 @@ one-clip corpus. :func:`split_holdout` keeps the first 80% of the kept frames fo
 holds back the last 20%. :func:`personalize` fine-tunes a copy of the start weights (the meta-learned
 ones when shipped) with :func:`calibration.adapt.adapt` and scores both models on held-back pairs
 (:func:`score_pairs`: PSNR, mouth L1, identity distance to the ground truth), with a contact sheet.
-Then :func:`personalize_mouth` fine-tunes the learned mouth stage (:mod:`avatar_engine.models.mouth_net`)
-on the same split, so the avatar gets the person's own teeth and lips, and scores its mouth-patch L1
-on the held-back pairs before and after.
+Then :func:`personalize_bank` keeps the person's own mouth interiors (teeth, tongue, cavity) from the
+adaptation frames as a mouth bank (:mod:`avatar_engine.geometry.mouth_bank`) and scores the held-back
+mouth L1 of the face layers without and with it; optionally (``mouth``) :func:`personalize_mouth`
+fine-tunes the learned mouth stage (:mod:`avatar_engine.models.mouth_net`) on the same split.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import torch
 from avatar_engine.data.prepare import PreparedClip, PrepareConfig, load_prepared, prepare_dataset
 from avatar_engine.errors import AvatarError
 from avatar_engine.eval.metrics import masked_l1, psnr, region_masks
+from avatar_engine.face.source import crop_source
+from avatar_engine.geometry.mouth_bank import MouthBank, MouthBankConfig, build_mouth_bank
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, load_model
 from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS, MouthNet, load_mouth_net
 from avatar_engine.models.weights import WEIGHTS_DIR
@@ -34,7 +37,7 @@ from calibration.adapt import AdaptConfig, AdaptResult, PairPool, adapt, slice_c
 
 __all__ = ["META_WEIGHTS", "start_weights", "MouthAdaptConfig", "PersonalizeConfig", "PersonalizeResult",
            "MouthAdaptResult", "prepare_capture", "split_holdout", "score_pairs", "contact_sheet", "personalize",
-           "personalize_mouth"]
+           "personalize_mouth", "MouthBankResult", "personalize_bank", "score_mouth_bank"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -80,7 +83,8 @@ class PersonalizeConfig:
         eval_pairs: held-back pairs scored (PSNR, mouth L1; and the held-back loss).
         identity_pairs: of those, how many also get the identity distance (dlib, ~0.1 s each).
         sheet_rows: rows of the contact sheet.
-        mouth: fine-tuning of the learned mouth stage (None: the profile keeps the shipped one).
+        bank: choice of the mouth bank's exemplars (None: no bank, the procedural mouth interior).
+        mouth: fine-tuning of the learned mouth stage (None, the default: no learned stage in the profile).
     """
 
     adapt: AdaptConfig = field(default_factory=_default_adapt)
@@ -89,7 +93,8 @@ class PersonalizeConfig:
     eval_pairs: int = 24
     identity_pairs: int = 8
     sheet_rows: int = 4
-    mouth: MouthAdaptConfig | None = field(default_factory=MouthAdaptConfig)
+    bank: MouthBankConfig | None = field(default_factory=MouthBankConfig)
+    mouth: MouthAdaptConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout < 1:
@@ -227,9 +232,90 @@ def personalize_mouth(adapt_clips: list[PreparedClip], held: list[PreparedClip],
 
 
 @dataclass
+class MouthBankResult:
+    """The person's mouth bank and its :func:`score_mouth_bank` metrics on the held-back frames."""
+
+    bank: MouthBank
+    metrics: dict[str, float]
+
+    @property
+    def before(self) -> float:
+        """Held-back mouth L1 with the procedural interior."""
+        return self.metrics["mouth_l1_procedural"]
+
+    @property
+    def after(self) -> float:
+        """Held-back mouth L1 with the person's own interiors."""
+        return self.metrics["mouth_l1_bank"]
+
+
+def _segment_sources(clips: list[PreparedClip], stride: int):
+    """Per segment of ``clips``: its first frame as a :class:`SourceFace` and the rows of every
+    ``stride``-th other frame (self-reenactment within one fixed crop)."""
+    for c in clips:
+        segs = np.asarray(c.segment)
+        for seg in np.unique(segs):
+            rows = np.flatnonzero(segs == seg)
+            if len(rows) < 2:
+                continue
+            yield c, crop_source(c.frames[rows[0]], c.landmarks[rows[0]], f"{c.clip_id}-{rows[0]}"), rows[1::stride]
+
+
+def score_mouth_bank(bank: MouthBank, clips: list[PreparedClip], stride: int = 3, renderer: str = "mesh",
+                     keep: int = 0) -> tuple[dict[str, float], list[tuple]]:
+    """The face layers of ``renderer`` without and with ``bank`` on self-reenactment frames of ``clips``
+    (each segment's first frame driven by every ``stride``-th other).
+
+    Returns:
+        metrics: ``mouth_l1_procedural`` / ``mouth_l1_bank`` (the evaluation's mouth region, mean over
+        frames), ``teeth_match_procedural`` / ``teeth_match_bank`` (share of frames where the output
+        shows teeth exactly when the real frame does, :func:`avatar_engine.eval.signals.teeth_visible` at
+        the frame's landmarks) and ``frames``; and the ``keep`` widest-open frames as
+        ``(opening, procedural, bank, truth, landmarks)``: ``(S, S, 3) uint8`` crops and ``(478, 3)``, for
+        contact sheets.
+    """
+    from avatar_engine.eval.signals import teeth_visible
+    from avatar_engine.geometry.mouth_bank import mouth_shape
+    from avatar_engine.renderers import create_renderer
+
+    plain, banked = create_renderer(renderer), create_renderer(renderer, mouth_bank=bank)
+    rows: dict[str, list[float]] = {k: [] for k in ("l1_p", "l1_b", "teeth_p", "teeth_b")}
+    frames = []
+    for clip, source, targets in _segment_sources(clips, stride):
+        for r in targets:
+            target, truth = np.asarray(clip.landmarks[r], np.float32), np.asarray(clip.frames[r])
+            mask = region_masks(target, truth.shape[:2])["mouth"]
+            real_teeth = teeth_visible(truth, target)
+            a, b = plain.render(source, target), banked.render(source, target)
+            for key, out in (("p", a), ("b", b)):
+                rows[f"l1_{key}"].append(masked_l1(out, truth, mask))
+                rows[f"teeth_{key}"].append(float(teeth_visible(out, target) == real_teeth))
+            if keep:
+                frames.append((float(mouth_shape(target)[0]), a, b, truth, target))
+                frames = sorted(frames, key=lambda f: -f[0])[:keep]
+    n = len(rows["l1_p"])
+    mean = (lambda v: float(np.mean(v))) if n else (lambda v: float("nan"))
+    return {"mouth_l1_procedural": mean(rows["l1_p"]), "mouth_l1_bank": mean(rows["l1_b"]),
+            "teeth_match_procedural": mean(rows["teeth_p"]), "teeth_match_bank": mean(rows["teeth_b"]),
+            "frames": n}, frames
+
+
+def personalize_bank(adapt_clips: list[PreparedClip], held: list[PreparedClip],
+                     config: MouthBankConfig) -> MouthBankResult | None:
+    """The mouth bank of ``adapt_clips``' frames, scored on ``held`` (:func:`score_mouth_bank`); None when
+    the mouth never opens in the adaptation frames."""
+    bank = build_mouth_bank(((np.asarray(c.frames[i]), np.asarray(c.landmarks[i]))
+                             for c in adapt_clips for i in range(len(c))), config)
+    if bank is None:
+        log.warning("the mouth never opened in the capture: the avatar keeps the procedural mouth interior")
+        return None
+    return MouthBankResult(bank, score_mouth_bank(bank, held)[0])
+
+
+@dataclass
 class PersonalizeResult:
-    """The adapted model, the start model, metrics before/after, the fine-tuning record, the sheet, and
-    the personalized mouth stage (None when off)."""
+    """The adapted model, the start model, metrics before/after, the fine-tuning record, the sheet, the
+    mouth bank and the personalized mouth stage (each None when off)."""
 
     model: NeuralAvatar
     start: NeuralAvatar
@@ -240,6 +326,7 @@ class PersonalizeResult:
     sheet: np.ndarray
     frames_adapt: int
     frames_held: int
+    bank: MouthBankResult | None = None
     mouth: MouthAdaptResult | None = None
 
 
@@ -274,6 +361,7 @@ def personalize(clips: list[PreparedClip], config: PersonalizeConfig | None = No
     after = score_pairs(model, held_pool, cfg.identity_pairs, identity_encoder)
     before["heldout_loss"], after["heldout_loss"] = record.curve[0][2], record.curve[-1][2]
     sheet = contact_sheet(start, model, held_pool, cfg.sheet_rows)
+    bank = None if cfg.bank is None else personalize_bank(adapt_clips, held, cfg.bank)
     mouth = None if cfg.mouth is None else personalize_mouth(adapt_clips, held, cfg.mouth, progress)
     return PersonalizeResult(model, start, init, before, after, record, sheet,
-                             sum(len(c) for c in adapt_clips), sum(len(c) for c in held), mouth)
+                             sum(len(c) for c in adapt_clips), sum(len(c) for c in held), bank, mouth)

@@ -6,8 +6,10 @@ Layout of ``<root>/<name>/`` (format :data:`FORMAT_VERSION`)::
                              their SHA-256, the adapted weights' SHA-256, fine-tuning settings, and
                              [metrics.before] / [metrics.after] on the held-back frames
     weights.safetensors      the personalized neural model (the renderer's weight format, fp16)
-    mouth.safetensors        the personalized learned mouth stage (optional: profiles enrolled without
-                             it use the shipped one); its SHA-256 is ``mouth_sha256`` in profile.toml
+    mouth_bank.safetensors   the person's own mouth interiors (optional; :mod:`avatar_engine.geometry.mouth_bank`),
+                             SHA-256 ``mouth_bank_sha256`` in profile.toml
+    mouth.safetensors        the personalized learned mouth stage (optional: ``enroll --mouth-steps N``),
+                             SHA-256 ``mouth_sha256``
     neutral_landmarks.npy    (478, 3) float32 landmarks of the neutral frame, in its pixels
     source.png               the photo the avatar shows
     contact_sheet.png        held-back frames: source | ground truth | before | after
@@ -37,15 +39,20 @@ import numpy as np
 from avatar_engine.errors import ProfileError, WeightsError
 
 __all__ = ["FORMAT_VERSION", "FILES", "default_profiles_dir", "check_name", "file_sha256", "Profile", "ProfileStore", "dump_toml",
-           "profile_weights", "profile_renderer_options", "MOUTH_FILE"]
+           "profile_weights", "profile_renderer_options", "MOUTH_FILE", "BANK_FILE", "OPTIONAL_FILES"]
 
 log = logging.getLogger("avatar_engine")
 
 FORMAT_VERSION = 1
 FILES = ("profile.toml", "weights.safetensors", "neutral_landmarks.npy", "source.png", "contact_sheet.png")
-MOUTH_FILE = "mouth.safetensors"
-"""The optional file of a profile: the personalized mouth stage."""
 """The files of a complete profile."""
+MOUTH_FILE = "mouth.safetensors"
+"""Optional: the personalized learned mouth stage."""
+BANK_FILE = "mouth_bank.safetensors"
+"""Optional: the person's mouth bank."""
+OPTIONAL_FILES: dict[str, tuple[str, str]] = {BANK_FILE: ("mouth_bank_sha256", "mouth_bank"),
+                                              MOUTH_FILE: ("mouth_sha256", "mouth_weights")}
+"""Optional file -> (its hash key in profile.toml, the ``create_renderer`` keyword it becomes)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -109,17 +116,27 @@ class Profile:
     def weights(self) -> Path:
         return self.path / "weights.safetensors"
 
-    @property
-    def mouth_weights(self) -> Path | None:
-        """The personalized mouth stage, None when the profile has none (the shipped one is used)."""
-        path = self.path / MOUTH_FILE
+    def optional(self, file: str) -> Path | None:
+        """One of :data:`OPTIONAL_FILES` of this profile, None when it has none."""
+        path = self.path / file
         return path if path.is_file() else None
 
+    @property
+    def mouth_weights(self) -> Path | None:
+        """The personalized mouth stage, None when the profile has none."""
+        return self.optional(MOUTH_FILE)
+
+    @property
+    def mouth_bank(self) -> Path | None:
+        """The person's mouth bank, None when the profile has none."""
+        return self.optional(BANK_FILE)
+
     def renderer_options(self) -> dict[str, Path]:
-        """``create_renderer("neural", ...)`` keyword arguments: the weights and, if any, the mouth stage's."""
+        """``create_renderer("neural", ...)`` keyword arguments: the weights and the optional files present."""
         out = {"weights": self.weights}
-        if self.mouth_weights is not None:
-            out["mouth_weights"] = self.mouth_weights
+        for file, (_, option) in OPTIONAL_FILES.items():
+            if (path := self.optional(file)) is not None:
+                out[option] = path
         return out
 
     @property
@@ -204,8 +221,9 @@ class ProfileStore:
                 raise ProfileError(f"profile {name!r} not written: {', '.join(missing)} missing")
             head = {"format_version": FORMAT_VERSION, "name": name,
                     "weights_sha256": file_sha256(tmp / "weights.safetensors")}
-            if (tmp / MOUTH_FILE).is_file():
-                head["mouth_sha256"] = file_sha256(tmp / MOUTH_FILE)
+            for file, (key, _) in OPTIONAL_FILES.items():
+                if (tmp / file).is_file():
+                    head[key] = file_sha256(tmp / file)
             (tmp / "profile.toml").write_text(dump_toml({**head, **meta}), encoding="utf-8")
             if final.exists():
                 final.rename(old)
@@ -225,14 +243,18 @@ class ProfileStore:
 
 
 def _check_weights(profile: Profile) -> None:
+    from avatar_engine.geometry.mouth_bank import load_mouth_bank
     from avatar_engine.models.base_model import load_model
     from avatar_engine.models.mouth_net import load_mouth_net
 
+    loaders: dict[str, Callable[[Path], object]] = {"mouth_weights": load_mouth_net, "mouth_bank": load_mouth_bank}
     files = [(profile.weights, "weights_sha256", load_model)]
-    if "mouth_sha256" in profile.meta and profile.mouth_weights is None:
-        raise ProfileError(f"profile {profile.name!r} is incomplete (missing {MOUTH_FILE}): enroll again")
-    if profile.mouth_weights is not None:
-        files.append((profile.mouth_weights, "mouth_sha256", load_mouth_net))
+    for file, (key, option) in OPTIONAL_FILES.items():
+        path = profile.optional(file)
+        if key in profile.meta and path is None:
+            raise ProfileError(f"profile {profile.name!r} is incomplete (missing {file}): enroll again")
+        if path is not None:
+            files.append((path, key, loaders[option]))
     for path, key, load in files:
         want = profile.meta.get(key)
         if want and file_sha256(path) != want:

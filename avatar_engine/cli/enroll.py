@@ -30,11 +30,16 @@ def add(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("personalization")
     g.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: 120)")
     g.add_argument("--budget", type=float, default=None, metavar="S",
-                   help="fine-tuning time budget of the renderer in seconds (default: 45; the mouth stage: 30 more)")
+                   help="fine-tuning time budget of the renderer in seconds (default: 45; a learned mouth stage: "
+                        "30 more)")
     g.add_argument("--params", choices=("all", "refine", "norm"), default=None,
                    help="parameters fine-tuned (default: refine, the refinement network)")
-    g.add_argument("--mouth-steps", type=int, default=None, metavar="N",
-                   help="fine-tuning steps of the learned mouth stage (default: 100; 0: keep the shipped one)")
+    g.add_argument("--no-mouth-bank", dest="mouth_bank", action="store_false",
+                   help="do not keep your own mouth interiors (teeth, tongue) from the capture: the avatar draws "
+                        "procedural teeth")
+    g.add_argument("--mouth-steps", type=int, default=0, metavar="N",
+                   help="also fine-tune the experimental learned mouth stage for N steps (default: 0, off; 100 takes "
+                        "about 40 s)")
     g.add_argument("--init", type=Path, default=None,
                    help="start weights (default: the shipped meta-learned weights, else the base model)")
     g.add_argument("--no-identity", dest="identity", action="store_false",
@@ -46,15 +51,14 @@ def add(sub: argparse._SubParsersAction) -> None:
 def _adapt_config(args: argparse.Namespace):
     import dataclasses
 
-    from calibration.personalize import PersonalizeConfig
+    from calibration.personalize import MouthAdaptConfig, PersonalizeConfig
 
     base = PersonalizeConfig().adapt
     changes = {k: v for k, v in (("steps", args.steps), ("seconds", args.budget), ("params", args.params))
                if v is not None}
-    mouth = PersonalizeConfig().mouth
-    if args.mouth_steps is not None:
-        mouth = None if args.mouth_steps <= 0 else dataclasses.replace(mouth, steps=args.mouth_steps)
-    return PersonalizeConfig(adapt=dataclasses.replace(base, **changes), init=args.init, mouth=mouth)
+    mouth = MouthAdaptConfig(steps=args.mouth_steps) if args.mouth_steps > 0 else None
+    bank = PersonalizeConfig().bank if args.mouth_bank else None
+    return PersonalizeConfig(adapt=dataclasses.replace(base, **changes), init=args.init, bank=bank, mouth=mouth)
 
 
 def _open_preview(wanted: bool):

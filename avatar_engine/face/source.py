@@ -18,7 +18,7 @@ from avatar_engine.errors import NoFaceError
 from avatar_engine.io.image import read_image
 from avatar_engine.face.landmarks import LandmarkConfig, detect_source_landmarks
 
-__all__ = ["SourceConfig", "SourceFace", "prepare_source"]
+__all__ = ["crop_source", "SourceConfig", "SourceFace", "prepare_source"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -63,6 +63,15 @@ class SourceFace:
     @property
     def size(self) -> int:
         return int(self.crop_image.shape[0])
+
+
+def crop_source(crop_image: np.ndarray, landmarks: np.ndarray, key: str) -> SourceFace:
+    """A :class:`SourceFace` of an already cropped face (a prepared cache frame): ``crop_image (S, S, 3)
+    uint8`` is also the full photo, ``landmarks (478, 3)`` in its pixels, ``key`` names it for caches."""
+    image = np.array(crop_image, np.uint8)
+    size = image.shape[0]
+    return SourceFace(image=image, crop=FaceCrop(size / 2, size / 2, size, size), crop_image=image,
+                      landmarks=np.array(landmarks, np.float32), faces_found=1, key=key)
 
 
 def prepare_source(image: np.ndarray | str | Path, config: SourceConfig | None = None) -> SourceFace:

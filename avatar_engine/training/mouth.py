@@ -39,8 +39,7 @@ from tqdm import tqdm
 
 from avatar_engine.data.prepare import load_prepared
 from avatar_engine.errors import InputFileError
-from avatar_engine.face.crop import FaceCrop
-from avatar_engine.face.source import SourceFace
+from avatar_engine.face.source import crop_source
 from avatar_engine.geometry.mouth_patch import MouthPatchConfig, cut_patch, feather, lip_masks, mouth_affine, to_patch
 from avatar_engine.models.mouth_net import MouthNet, MouthNetConfig, correction_gate, mouth_inputs, save_mouth_net
 from avatar_engine.training import losses
@@ -119,11 +118,8 @@ def _render_segment(renderer, crop_frames: np.ndarray, landmarks: np.ndarray, ro
                     patch: MouthPatchConfig, key: str):
     """Source patch + inner mask and, per driving row, (rendered, target, points) of one segment."""
     src = int(rows[0])
-    image = np.ascontiguousarray(crop_frames[src])
-    size = image.shape[0]
-    source = SourceFace(image=image, crop=FaceCrop(size / 2, size / 2, size, size), crop_image=image,
-                        landmarks=np.asarray(landmarks[src], np.float32), faces_found=1,
-                        key=f"{key}-{src}")
+    source = crop_source(crop_frames[src], landmarks[src], f"{key}-{src}")
+    image = source.crop_image
     affine = mouth_affine(landmarks[src], patch)
     head = (cut_patch(image, affine, patch.size), lip_masks(to_patch(landmarks[src], affine), patch.size)[0])
     out = []

@@ -46,8 +46,14 @@ def test_profile_written(enrolled, capsys):
     for when in ("before", "after"):
         assert {"psnr", "mouth_l1", "identity_distance", "heldout_loss"} <= set(meta["metrics"][when])
     assert meta["mouth"]["steps"] == 3 and meta["mouth"]["held_back_mouth_l1"]["after"] > 0
+    bank = meta["mouth_bank"]  # C018 opens the mouth wide: her own interiors are kept
+    assert bank["exemplars"] >= 2 and bank["held_back"]["frames"] > 0
+    assert bank["held_back"]["mouth_l1_bank"] > 0 and bank["held_back"]["mouth_l1_procedural"] > 0
+    assert 0 <= bank["held_back"]["teeth_match_bank"] <= 1
+    assert meta["mouth_bank_sha256"] and meta["mouth_sha256"]
     assert {p.name for p in folder.iterdir()} == {"profile.toml", "weights.safetensors", "mouth.safetensors",
-                                                 "neutral_landmarks.npy", "source.png", "contact_sheet.png"}
+                                                 "mouth_bank.safetensors", "neutral_landmarks.npy", "source.png",
+                                                 "contact_sheet.png"}
     assert main(["profiles", "list", "--profiles-dir", str(root)]) == 0
     assert "ann" in capsys.readouterr().out
 
@@ -61,6 +67,7 @@ def test_render_uses_the_profile(enrolled, tmp_path, monkeypatch):
     assert rc == 0 and probe_video(out).frames == 3
     assert seen["name"] == "neural" and seen["weights"] == root / "ann" / "weights.safetensors"
     assert seen["mouth_weights"] == root / "ann" / "mouth.safetensors"
+    assert seen["mouth_bank"] == root / "ann" / "mouth_bank.safetensors"
 
 
 def test_start_uses_the_profile(enrolled, tmp_path, monkeypatch):

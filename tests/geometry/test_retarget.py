@@ -56,10 +56,28 @@ def test_self_reenactment_reproduces_driver_geometry(driver):
     """Source = crop of the neutral frame: target == driver landmarks in crop coordinates."""
     neutral = driver[0]
     crop = crop_from_landmarks(neutral, CropConfig(size=256))
-    retarget = MotionRetargeter(crop.to_crop(neutral))
+    retarget = MotionRetargeter(crop.to_crop(neutral), RetargetConfig(lid_gain=1.0))
     retarget.set_neutral(neutral)
     errors = [np.abs(retarget(d)[:, :2] - crop.to_crop(d)[:, :2]).max() for d in driver]
     assert max(errors) < 0.05, f"max deviation {max(errors):.4f} px"
+    # the default lid gain moves the lids only, and further than the driver's lids moved
+    from avatar_engine.geometry.eyes import EYES
+
+    lids = sorted({i for opening, _, _ in EYES for chain in opening.chains() for i in chain[1:-1]})
+    rest = np.setdiff1d(np.arange(driver[0].shape[0]), lids)
+    gained = MotionRetargeter(crop.to_crop(neutral))
+    gained.set_neutral(neutral)
+
+    def gap(p):  # right eye: upper and lower lid middles
+        return p[145, 1] - p[159, 1]
+
+    moved = []
+    for d in driver:
+        out, want = gained(d), crop.to_crop(d)
+        assert np.abs(out[rest, :2] - want[rest, :2]).max() < 0.05
+        moved.append((abs(gap(want) - gap(crop.to_crop(neutral))), abs(gap(out) - gap(crop.to_crop(neutral)))))
+    drv, out = max(moved)
+    assert drv > 0.3 and out > 1.2 * drv
 
 
 def test_neutral_driver_keeps_source_shape(driver, other_face):
