@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import socket
 from pathlib import Path
@@ -57,3 +58,17 @@ def c018_cache(data_dir: Path, tmp_path_factory) -> Path:
                                   identity_every=3, max_frames_per_clip=12, clip_ids=("C018",)))
     shutil.copytree(root / "val", root / "train")
     return root
+
+
+@pytest.fixture
+def warns_once(caplog):
+    """``warns_once(call, text)``: runs ``call()`` twice and checks that logger ``avatar_engine`` gave one
+    warning containing ``text`` in all; returns the first call's result."""
+    def check(call, text: str):
+        with caplog.at_level(logging.WARNING, logger="avatar_engine"):
+            caplog.clear()
+            first = call()
+            call()
+        assert sum(text in r.getMessage() for r in caplog.records) == 1, [r.getMessage() for r in caplog.records]
+        return first
+    return check

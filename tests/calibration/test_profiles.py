@@ -11,8 +11,9 @@ import pytest
 from avatar_engine.errors import AvatarError, ProfileError
 from avatar_engine.models.base_model import DEFAULT_WEIGHTS, NeuralAvatar, NeuralConfig, save_weights
 from avatar_engine.models.refine_net import RefineNetConfig
+from avatar_engine.geometry.mouth_bank import MouthBank
 from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS
-from calibration.profiles import (FILES, MOUTH_FILE, ProfileStore, check_name, dump_toml, file_sha256,
+from calibration.profiles import (BANK_FILE, FILES, MOUTH_FILE, ProfileStore, check_name, dump_toml, file_sha256,
                                   profile_renderer_options, profile_weights)
 
 
@@ -151,26 +152,37 @@ def test_weights_of_another_network(store, tmp_path):
     assert "does not match" in _one_line(exc)
 
 
-def test_personalized_mouth_stage_is_checked_and_handed_to_the_renderer(store):
-    def with_mouth(folder):
+def _write_bank(path):
+    rng = np.random.default_rng(1)
+    MouthBank([rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)], [rng.uniform(0, 20, (478, 2)).astype(np.float32)],
+              np.array([[0.3, 0.6]]), np.array([[150.0, 80.0, 80.0]])).save(path)
+
+
+@pytest.mark.parametrize("file, option, key", [(MOUTH_FILE, "mouth_weights", "mouth_sha256"),
+                                               (BANK_FILE, "mouth_bank", "mouth_bank_sha256")])
+def test_optional_mouth_files_are_checked_and_handed_to_the_renderer(store, file, option, key):
+    def with_file(folder):
         _fill(folder)
-        shutil.copyfile(DEFAULT_MOUTH_WEIGHTS, folder / MOUTH_FILE)
+        if file == MOUTH_FILE:
+            shutil.copyfile(DEFAULT_MOUTH_WEIGHTS, folder / file)
+        else:
+            _write_bank(folder / file)
 
     assert profile_renderer_options("alice", store.root) == {"weights": store.path("alice") / "weights.safetensors"}
-    prof = store.write("alice", META, with_mouth)
-    assert prof.meta["mouth_sha256"] == file_sha256(prof.path / MOUTH_FILE)
-    assert profile_renderer_options("alice", store.root)["mouth_weights"] == prof.path / MOUTH_FILE
-    m = prof.path / MOUTH_FILE
+    prof = store.write("alice", META, with_file)
+    assert prof.meta[key] == file_sha256(prof.path / file)
+    assert profile_renderer_options("alice", store.root)[option] == prof.path / file
+    m = prof.path / file
     data = bytearray(m.read_bytes())
     data[-3] ^= 0xFF
     m.write_bytes(bytes(data))
     with pytest.raises(ProfileError) as exc:
         store.load("alice")
-    assert "mouth.safetensors does not match its hash" in _one_line(exc)
+    assert f"{file} does not match its hash" in _one_line(exc)
     m.unlink()
     with pytest.raises(ProfileError) as exc:
         store.load("alice")
-    assert "missing mouth.safetensors" in _one_line(exc)
+    assert f"missing {file}" in _one_line(exc)
     assert profile_renderer_options("alice", store.root, live=True) == {}
 
 
