@@ -2,7 +2,6 @@
 its training on pairs built from a real prepared clip."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
