@@ -56,15 +56,16 @@ def test_self_reenactment_reproduces_driver_geometry(driver):
     """Source = crop of the neutral frame: target == driver landmarks in crop coordinates."""
     neutral = driver[0]
     crop = crop_from_landmarks(neutral, CropConfig(size=256))
-    retarget = MotionRetargeter(crop.to_crop(neutral), RetargetConfig(lid_gain=1.0))
+    retarget = MotionRetargeter(crop.to_crop(neutral), RetargetConfig(lid_gain=1.0, brow_gain=1.0))
     retarget.set_neutral(neutral)
     errors = [np.abs(retarget(d)[:, :2] - crop.to_crop(d)[:, :2]).max() for d in driver]
     assert max(errors) < 0.05, f"max deviation {max(errors):.4f} px"
-    # the default lid gain moves the lids only, and further than the driver's lids moved
+    # the default lid and brow gains move the lids and brows only, the lids further than the driver's
     from avatar_engine.geometry.eyes import EYES
 
     lids = sorted({i for opening, _, _ in EYES for chain in opening.chains() for i in chain[1:-1]})
-    rest = np.setdiff1d(np.arange(driver[0].shape[0]), lids)
+    brows = np.concatenate([topology.LEFT_BROW_IDX, topology.RIGHT_BROW_IDX])
+    rest = np.setdiff1d(np.arange(driver[0].shape[0]), np.concatenate([lids, brows]))
     gained = MotionRetargeter(crop.to_crop(neutral))
     gained.set_neutral(neutral)
 
@@ -141,3 +142,20 @@ def test_recalibration_takes_a_new_neutral(driver):
     retarget(driver[20])
     np.testing.assert_allclose(retarget.neutral, driver[20])
     assert topology.NUM_LANDMARKS == 478
+
+
+def test_brow_gain_scales_the_brows_expression_only(driver):
+    neutral = driver[0]
+    crop = crop_from_landmarks(neutral, CropConfig(size=256))
+    source = crop.to_crop(neutral)
+    brows = np.concatenate([topology.LEFT_BROW_IDX, topology.RIGHT_BROW_IDX])
+    rest = np.setdiff1d(np.arange(source.shape[0]), brows)
+    out = {}
+    for gain in (1.0, 2.0):
+        r = MotionRetargeter(source, RetargetConfig(pose=False, translation=False, crop_margin=None, brow_gain=gain))
+        r.set_neutral(neutral)
+        out[gain] = np.stack([r(d) for d in driver])
+    moved = out[1.0][:, brows, :2] - source[brows, :2]
+    assert np.abs(moved).max() > 0.3  # the clip moves its brows
+    np.testing.assert_allclose(out[2.0][:, brows, :2] - source[brows, :2], 2.0 * moved, atol=1e-3)
+    np.testing.assert_allclose(out[2.0][:, rest], out[1.0][:, rest], atol=1e-4)
