@@ -297,6 +297,14 @@ def test_virtual_camera_unavailable_says_how_to_fix_it(data_dir, tmp_path, caplo
 
 
 def _rss_mb() -> float:
+    """Resident memory in MB, after glibc hands its freed pages back (``malloc_trim``, where there is
+    one), so that the number follows live memory rather than what the allocator keeps cached per thread."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -311,7 +319,7 @@ class RssSink(FrameSink):
 
     def send(self, frame, info):
         self.count += 1
-        if self.count in (1000, 2000, 3000, 4000, 5000):
+        if self.count >= 1000 and self.count % 200 == 0:
             self.rss[self.count] = _rss_mb()
 
 
@@ -326,8 +334,9 @@ class CountingBackend(RecordingBackend):
 @pytest.mark.slow
 def test_5000_frame_headless_run_memory_stays_flat(data_dir, recording_backend):
     """5,000 frames through the whole live path (capture thread, slots, processing with landmarks and
-    retargeting, output, stats) at full speed. Bound: RSS grows < 20 MB between frame 1,000 and 5,000
-    (measured here: flat within 1 MB).
+    retargeting, finishing thread, output, stats) at full speed. Bound: RSS grows < 20 MB between frames
+    1,000-1,800 and 4,200-5,000 (medians of 5 samples each: single samples of the full suite's process
+    swing by up to 50 MB up and down without any trend, allocator caching of the two threads).
     The ``source`` renderer keeps it fast (~40 s); the mesh renderer's cost is per frame, not per session."""
     pyvirtualcam.register_backend("counting", CountingBackend)
     sink = RssSink()
@@ -337,8 +346,9 @@ def test_5000_frame_headless_run_memory_stays_flat(data_dir, recording_backend):
     report = LiveEngine(cfg).run()
     assert report.frames_processed == 5000 and report.dropped_camera == 0
     assert recording_backend.instances[0].frames_sent == 5000
-    assert sorted(sink.rss) == [1000, 2000, 3000, 4000, 5000]
-    growth = sink.rss[5000] - sink.rss[1000]
+    assert sorted(sink.rss) == list(range(1000, 5001, 200))
+    samples = [sink.rss[k] for k in sorted(sink.rss)]
+    growth = float(np.median(samples[-5:]) - np.median(samples[:5]))
     assert growth < 20.0, f"RSS grew {growth:.1f} MB over 4000 frames: {sink.rss}"
 
 
