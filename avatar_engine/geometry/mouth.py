@@ -118,7 +118,7 @@ class MouthLayer:
         u, v = tgt.to_frame(patch.xy)
         up, lo = tgt.upper(u), tgt.lower(u)
         if self.bank is not None:
-            colour = self._bank_interior(t, u, v, up, lo)
+            colour = self._bank_interior(tgt, t, u, v, up, lo)
         else:
             iod = float(np.linalg.norm(t[_OUTER_EYE_CORNERS[0]] - t[_OUTER_EYE_CORNERS[1]]))
             colour = self._procedural(tgt, u, v, up, lo, iod)
@@ -132,12 +132,12 @@ class MouthLayer:
                                                             ).astype(np.uint8)
         return out
 
-    def _bank_interior(self, t: np.ndarray, u: np.ndarray, v: np.ndarray, up: np.ndarray,
+    def _bank_interior(self, tgt: OpeningFrame, t: np.ndarray, u: np.ndarray, v: np.ndarray, up: np.ndarray,
                        lo: np.ndarray) -> np.ndarray:
         """``(h, w, 3)`` float colours of the exemplar nearest the target ``t``'s mouth shape at the patch's
         frame coordinates ``u, v`` (inner lips ``up``, ``lo`` there)."""
         assert self.bank is not None and self._bank_gain is not None
-        k = self.bank.nearest(mouth_shape(t))
+        k = self.bank.nearest(mouth_shape(t, tgt))
         ex = self._bank_frames[k]
         ue = np.clip(u, -0.5, 0.5)
         top, bottom = ex.upper(ue), ex.lower(ue)

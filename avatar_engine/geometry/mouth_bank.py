@@ -28,7 +28,7 @@ import numpy as np
 from avatar_engine.errors import WeightsError
 from avatar_engine.face import topology
 from avatar_engine.geometry.head_pose import head_pose
-from avatar_engine.geometry.openings import MOUTH, opening_frame, patch_around
+from avatar_engine.geometry.openings import MOUTH, OpeningFrame, opening_frame, patch_around
 
 __all__ = ["MouthBankConfig", "MouthBank", "mouth_shape", "lip_colour", "build_mouth_bank", "load_mouth_bank", "BANK_VERSION"]
 
@@ -67,12 +67,14 @@ def lip_colour(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.median(lips, axis=0).astype(np.float64) if len(lips) else np.array([150.0, 80.0, 80.0])
 
 
-def mouth_shape(points: np.ndarray) -> np.ndarray:
+def mouth_shape(points: np.ndarray, frame: OpeningFrame | None = None) -> np.ndarray:
     """``(2,)`` shape of a mouth: the inner opening (mouth widths) and the smile (lip-corner distance over
-    the inter-ocular distance) of ``points (478, 2|3)``."""
+    the inter-ocular distance) of ``points (478, 2|3)`` (``frame``: their :data:`MOUTH` opening frame,
+    when already at hand)."""
     p = np.asarray(points, np.float64)[:, :2]
     iod = max(float(np.linalg.norm(p[33] - p[263])), 1e-6)
-    return np.array([opening_frame(p, MOUTH).gap(), float(np.linalg.norm(p[61] - p[291])) / iod])
+    frame = frame if frame is not None else opening_frame(p, MOUTH)
+    return np.array([frame.gap(), float(np.linalg.norm(p[61] - p[291])) / iod])
 
 
 @dataclass
@@ -175,8 +177,9 @@ def build_mouth_bank(frames: Iterable[tuple[np.ndarray, np.ndarray]],
     cands = []
     for image, pts in frames:
         pts = np.asarray(pts, np.float64)
-        shape = mouth_shape(pts)
-        if not np.isfinite(shape).all() or shape[0] < config.min_gap or opening_frame(pts, MOUTH).width < 8.0:
+        frame = opening_frame(pts, MOUTH)
+        shape = mouth_shape(pts, frame)
+        if not np.isfinite(shape).all() or shape[0] < config.min_gap or frame.width < 8.0:
             continue
         yaw = abs(head_pose(pts).yaw) if pts.shape[1] == 3 else 0.0
         cands.append((shape, yaw <= config.max_yaw, _sharpness(image, pts), image, pts))

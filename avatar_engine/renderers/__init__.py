@@ -14,14 +14,12 @@ stages after any renderer (the SR step at 512) follow it (``Renderer.backend``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from avatar_engine.backends import check_backend
 from avatar_engine.config import DEFAULT_RENDERER
-from avatar_engine.geometry.mouth_bank import MouthBank
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.renderers.mesh import MeshRenderer
 from avatar_engine.renderers.neural import create_neural_renderer
@@ -55,8 +53,5 @@ def create_renderer(name: str, device: torch.device | str = "cpu", *, backend: s
     mouth = {k: kwargs.pop(k, None) for k in ("mouth_weights", "mouth_bank")}
     renderer = cls(device, backend=backend, **kwargs) if name == "neural" else cls(device, **kwargs)
     renderer.backend = backend
-    if mouth["mouth_weights"] is not None:
-        renderer.mouth_weights = Path(mouth["mouth_weights"])
-    if (bank := mouth["mouth_bank"]) is not None:
-        renderer.mouth_bank = bank if isinstance(bank, MouthBank) else Path(bank)
+    renderer.mouth_weights, renderer.mouth_bank = mouth["mouth_weights"], mouth["mouth_bank"]
     return renderer

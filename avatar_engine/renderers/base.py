@@ -17,11 +17,10 @@ renderer, the no-motion baseline, has neither.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +73,10 @@ class Renderer(ABC):
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.layers: FaceLayersConfig | None = self.default_layers
-        self.mouth_weights: Path | None = None
+        self.mouth_weights: str | Path | None = None
         self._source_key: str | None = None
         self._layers: FaceLayers | None = None
-        self.mouth_bank: Path | MouthBank | None = None
+        self.mouth_bank: str | Path | MouthBank | None = None
         self._loaded: dict[str, tuple[Path, object]] = {}  # attribute -> (file, what it loaded or None if it failed)
         self._mouth: MouthStage | None = None
 
