@@ -276,6 +276,7 @@ def score_mouth_bank(bank: MouthBank, clips: list[PreparedClip], stride: int = 3
     """
     from avatar_engine.eval.signals import teeth_visible
     from avatar_engine.geometry.mouth_bank import mouth_shape
+    from avatar_engine.geometry.teeth import teeth_cue
     from avatar_engine.renderers import create_renderer
 
     plain, banked = create_renderer(renderer), create_renderer(renderer, mouth_bank=bank)
@@ -286,7 +287,8 @@ def score_mouth_bank(bank: MouthBank, clips: list[PreparedClip], stride: int = 3
             target, truth = np.asarray(clip.landmarks[r], np.float32), np.asarray(clip.frames[r])
             mask = region_masks(target, truth.shape[:2])["mouth"]
             real_teeth = teeth_visible(truth, target)
-            a, b = plain.render(source, target), banked.render(source, target)
+            teeth = teeth_cue(truth, target)  # the driving frame's teeth, as the live path measures them
+            a, b = plain.render(source, target, teeth), banked.render(source, target, teeth)
             for key, out in (("p", a), ("b", b)):
                 rows[f"l1_{key}"].append(masked_l1(out, truth, mask))
                 rows[f"teeth_{key}"].append(float(teeth_visible(out, target) == real_teeth))

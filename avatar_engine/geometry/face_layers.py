@@ -8,6 +8,7 @@ import numpy as np
 
 from avatar_engine.geometry.eyes import EyeLayer, EyeLayerConfig
 from avatar_engine.geometry.mouth import MouthLayer, MouthLayerConfig
+from avatar_engine.geometry.teeth import TeethCue
 
 if TYPE_CHECKING:
     from avatar_engine.geometry.mouth_bank import MouthBank
@@ -39,11 +40,12 @@ class FaceLayers:
         self.eyes = EyeLayer(crop, points, config.eyes) if config.eyes is not None else None
         self.mouth = MouthLayer(crop, points, config.mouth, mouth_bank) if config.mouth is not None else None
 
-    def apply(self, image: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """``image (S, S, 3) uint8`` rendered at ``target (478, 2|3)`` -> the same with the layers drawn."""
+    def apply(self, image: np.ndarray, target: np.ndarray, teeth: TeethCue | None = None) -> np.ndarray:
+        """``image (S, S, 3) uint8`` rendered at ``target (478, 2|3)`` -> the same with the layers drawn
+        (``teeth``: what the driver's mouth shows, :func:`~avatar_engine.geometry.teeth.teeth_cue`)."""
         out = image
         if self.eyes is not None:
             out = self.eyes.apply(out, target)
         if self.mouth is not None:
-            out = self.mouth.apply(out, target)
+            out = self.mouth.apply(out, target, teeth)
         return out

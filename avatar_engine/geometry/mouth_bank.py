@@ -29,10 +29,14 @@ from avatar_engine.errors import WeightsError
 from avatar_engine.face import topology
 from avatar_engine.geometry.head_pose import head_pose
 from avatar_engine.geometry.openings import MOUTH, OpeningFrame, opening_frame, patch_around
+from avatar_engine.geometry.teeth import TeethCue, teeth_cue
 
-__all__ = ["MouthBankConfig", "MouthBank", "mouth_shape", "lip_colour", "build_mouth_bank", "load_mouth_bank", "BANK_VERSION"]
+__all__ = ["MouthBankConfig", "MouthBank", "mouth_shape", "lip_colour", "build_mouth_bank", "load_mouth_bank", "BANK_VERSION",
+           "TEETH_WEIGHT"]
 
 BANK_VERSION = 1
+TEETH_WEIGHT = 1.0
+"""Weight of the teeth shares' squared difference against the mouth shape's in :meth:`MouthBank.nearest`."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,20 @@ class MouthBank:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def nearest(self, shape: np.ndarray) -> int:
-        """Index of the exemplar whose :func:`mouth_shape` is nearest ``shape (2,)``."""
+    def __post_init__(self) -> None:
+        cues = [teeth_cue(b, p) for b, p in zip(self.blocks, self.points)]
+        self.teeth = np.array([[0.0, 0.0] if c is None else [c.upper, c.lower] for c in cues], np.float64).reshape(-1, 2)
+        """``(K, 2)`` the exemplars' :class:`~avatar_engine.geometry.teeth.TeethCue` (upper, lower)."""
+
+    def nearest(self, shape: np.ndarray, teeth: TeethCue | None = None) -> int:
+        """Index of the exemplar whose :func:`mouth_shape` is nearest ``shape (2,)`` and, with the driver's
+        ``teeth``, whose teeth show most alike (squared differences of the two shares, times
+        :data:`TEETH_WEIGHT`, added to the shape's)."""
         d = self.shapes - np.asarray(shape, np.float64)
-        return int(np.argmin(d[:, 0] ** 2 + (self.smile_scale * d[:, 1]) ** 2))
+        cost = d[:, 0] ** 2 + (self.smile_scale * d[:, 1]) ** 2
+        if teeth is not None:
+            cost = cost + TEETH_WEIGHT * ((self.teeth - np.array([teeth.upper, teeth.lower])) ** 2).sum(axis=1)
+        return int(np.argmin(cost))
 
     def save(self, path: str | Path, meta: dict[str, str] | None = None) -> None:
         """Write the bank as safetensors (``block_k``, ``points_k``, ``shapes``, ``lips``)."""

@@ -30,6 +30,7 @@ import numpy as np
 from avatar_engine.face.crop import face_extent
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.renderers.base import RenderPlan, Renderer
+from avatar_engine.geometry.teeth import teeth_cue
 from avatar_engine.geometry.retarget import MotionRetargeter, RetargetConfig
 from avatar_engine.face.source import SourceFace
 from avatar_engine.pipeline.super_resolution import SuperResolutionConfig, SuperResolver, downscale_source
@@ -172,7 +173,8 @@ class Reenactor:
         target = self.target(points, t)
         t2 = time.perf_counter()
         timings["retarget"] = (t2 - t1) * 1e3
-        plan = self.renderer.plan(self.render_source, target)
+        teeth = None if points is None or self.renderer.layers is None else teeth_cue(rgb, points)
+        plan = self.renderer.plan(self.render_source, target, teeth)
         crop = self.renderer.draw(self.render_source, plan) if draw else None
         timings["render"] = (time.perf_counter() - t2) * 1e3
         face_lost = points is None and self._face_in_view

@@ -29,6 +29,7 @@ import torch
 from avatar_engine.errors import WeightsError
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
+from avatar_engine.geometry.teeth import TeethCue
 from avatar_engine.geometry.mouth_bank import MouthBank, load_mouth_bank
 from avatar_engine.models.mouth_net import MouthNet, MouthStage, load_mouth_net
 
@@ -40,12 +41,14 @@ log = logging.getLogger("avatar_engine")
 @dataclass(frozen=True)
 class RenderPlan:
     """A frame planned by :meth:`Renderer.plan`: the source it is for (``SourceFace.key``), the target
-    landmarks ``(478, 2|3)`` float32 in source-crop pixels, and the renderer's geometry for them
-    (e.g. the mesh grid ``(1, S, S, 2)``; None for renderers without one)."""
+    landmarks ``(478, 2|3)`` float32 in source-crop pixels, the renderer's geometry for them
+    (e.g. the mesh grid ``(1, S, S, 2)``; None for renderers without one), and the teeth the driver
+    shows (for the mouth layer; None: not known)."""
 
     source_key: str
     target: np.ndarray
     geometry: object = None
+    teeth: TeethCue | None = None
 
 
 class Renderer(ABC):
@@ -80,18 +83,20 @@ class Renderer(ABC):
         self._loaded: dict[str, tuple[Path, object]] = {}  # attribute -> (file, what it loaded or None if it failed)
         self._mouth: MouthStage | None = None
 
-    def render(self, source: SourceFace, target: np.ndarray) -> np.ndarray:
+    def render(self, source: SourceFace, target: np.ndarray, teeth: TeethCue | None = None) -> np.ndarray:
         """Render the source face at the target landmarks: :meth:`draw` of :meth:`plan`.
 
         Args:
             source: prepared source portrait.
             target: ``(478, 3)`` (or ``(478, 2)``) float target landmarks in source-crop pixels.
+            teeth: the teeth the driving frame shows (:func:`~avatar_engine.geometry.teeth.teeth_cue`), for
+                the mouth layer; None: its configured teeth.
         Returns:
             ``(S, S, 3) uint8`` RGB face crop, ``S = source.size``.
         """
-        return self.draw(source, self.plan(source, target))
+        return self.draw(source, self.plan(source, target, teeth))
 
-    def plan(self, source: SourceFace, target: np.ndarray) -> RenderPlan:
+    def plan(self, source: SourceFace, target: np.ndarray, teeth: TeethCue | None = None) -> RenderPlan:
         """First half of :meth:`render`: the source-only work when ``source`` is new, and the frame's
         geometry (the mesh warp's sampling grid), which needs no network. A live engine runs it in
         the thread that finds the landmarks, and :meth:`draw` in another."""
@@ -105,17 +110,17 @@ class Renderer(ABC):
         target = np.array(target, np.float32)  # own, writable copy (a cache may hand a read-only view)
         with torch.inference_mode():
             geometry = self._geometry(source, target)
-        return RenderPlan(source.key, target, geometry)
+        return RenderPlan(source.key, target, geometry, teeth)
 
     def draw(self, source: SourceFace, plan: RenderPlan) -> np.ndarray:
         """Second half of :meth:`render`: the image of a :meth:`plan` of ``source`` (arguments and
         result as there), face layers included."""
         if plan.source_key != source.key or self._source_key != source.key:
-            plan = self.plan(source, plan.target)  # planned for another source: plan again
+            plan = self.plan(source, plan.target, plan.teeth)  # planned for another source: plan again
         with torch.inference_mode():
             image = self._render(source, plan.target, plan.geometry)
         if self._layers is not None:
-            image = self._layers.apply(image, plan.target)
+            image = self._layers.apply(image, plan.target, plan.teeth)
         return image if self._mouth is None else self._mouth.apply(image, plan.target)
 
     def _load_mouth_net(self) -> MouthNet | None:
