@@ -18,7 +18,7 @@ bands take the configured heights (``upper_teeth``, and ``lower_teeth`` once the
 On 6 val clips (mesh renderer, 30 frames each; 113 teeth-visible and 67 teeth-hidden driver frames),
 teeth drawn when the driver shows none: 52 % of those frames without the cue, 9 % with it (teeth
 shown when the driver shows them: 100 % either way); mouth L1 0.0617 (the configured bands in a
-black-brown cavity, no tongue) -> 0.0577 (the cue) -> 0.0541 (the cue, the tongue, a cavity at 0.42
+black-brown cavity, no tongue) -> 0.0577 (the cue) -> 0.0543 (the cue, the tongue, a cavity at 0.42
 of the lip colour), against 0.0547 with no mouth layer at all.
 
 A source that already shows an open mouth keeps its own interior (the warp moves it) until the
@@ -183,8 +183,9 @@ class MouthLayer:
         if cfg.tongue > 0 and tgt.gap() * w >= cfg.tongue_from * iod:
             # the tongue: a rounded bump rising from the lower lip, lit from the front
             top = 1.0 - cfg.tongue * np.sqrt(np.clip(1.0 - (across / 0.38) ** 2, 0.0, 1.0))
-            tongue_a = np.clip((depth - top) * gap_px + 0.5, 0.0, 1.0) * (top < 1.0)
-            colour = tongue_a[..., None] * self.tongue + (1.0 - tongue_a[..., None]) * colour
+            tongue_a = np.clip((depth - top) * gap_px / 2.0 + 0.25, 0.0, 1.0) * (top < 1.0)  # 2 px soft edge
+            lit = 1.05 - 0.25 * np.minimum(across / 0.38, 1.0) ** 2  # rounder: lighter in the middle
+            colour = tongue_a[..., None] * (self.tongue * lit[..., None]) + (1.0 - tongue_a[..., None]) * colour
         shade = np.clip(1.0 - 0.6 * (across / cfg.teeth_span) ** 2, 0.0, 1.0)
         gaps = np.min(np.abs(across[..., None] - np.asarray(_TOOTH_EDGES)), axis=-1) * w
         lip_shadow = 1.0 - 0.3 * np.exp(-np.maximum(below_up, 0.0) / 1.2)
