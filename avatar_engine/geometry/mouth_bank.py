@@ -91,6 +91,8 @@ class MouthBank:
         shapes: ``(K, 2)`` their :func:`mouth_shape` (opening, smile).
         lips: ``(K, 3)`` their median lip colours (RGB), for matching the colour to a source photo.
         smile_scale: :attr:`MouthBankConfig.smile_scale`.
+        teeth: ``(K, 2)`` (computed, not stored) the exemplars' own
+            :class:`~avatar_engine.geometry.teeth.TeethCue` shares (upper, lower), for :meth:`nearest`.
     """
 
     blocks: list[np.ndarray]
@@ -105,7 +107,6 @@ class MouthBank:
     def __post_init__(self) -> None:
         cues = [teeth_cue(b, p) for b, p in zip(self.blocks, self.points)]
         self.teeth = np.array([[0.0, 0.0] if c is None else [c.upper, c.lower] for c in cues], np.float64).reshape(-1, 2)
-        """``(K, 2)`` the exemplars' :class:`~avatar_engine.geometry.teeth.TeethCue` (upper, lower)."""
 
     def nearest(self, shape: np.ndarray, teeth: TeethCue | None = None) -> int:
         """Index of the exemplar whose :func:`mouth_shape` is nearest ``shape (2,)`` and, with the driver's
