@@ -180,7 +180,8 @@ class MouthLayer:
         across = np.abs(u)
         depth = np.clip(below_up / np.maximum(gap_px, 1e-6), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
         colour = self.cavity * ((0.75 + 0.5 * np.minimum(across, 0.5)) * (0.8 + 0.4 * depth))[..., None]
-        if cfg.tongue > 0 and tgt.gap() * w >= cfg.tongue_from * iod:
+        open_px = tgt.gap() * w
+        if cfg.tongue > 0 and open_px >= cfg.tongue_from * iod:
             # the tongue: a rounded bump rising from the lower lip, lit from the front
             top = 1.0 - cfg.tongue * np.sqrt(np.clip(1.0 - (across / 0.38) ** 2, 0.0, 1.0))
             tongue_a = np.clip((depth - top) * gap_px / 2.0 + 0.25, 0.0, 1.0) * (top < 1.0)  # 2 px soft edge
@@ -193,7 +194,7 @@ class MouthLayer:
         span = np.clip((cfg.teeth_span - across) * w, 0.0, 1.0)
         if teeth is None:
             h_up = np.minimum(cfg.upper_teeth * iod, cfg.upper_share * gap_px)
-            lower = tgt.gap() * w >= cfg.lower_from * iod
+            lower = open_px >= cfg.lower_from * iod
             h_lo = np.minimum(cfg.lower_teeth * iod, cfg.lower_share * gap_px)
         else:
             h_up = teeth.upper * gap_px
