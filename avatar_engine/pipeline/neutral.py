@@ -6,9 +6,12 @@ three-quarter view who then turns to the camera): :func:`choose_neutral_frame` p
 face frames of the first ``window_s`` seconds, the one with the lowest cost
 
     pose deviation (degrees: yaw, roll, half the pitch) + SPEED_WEIGHT * speed + MOUTH_WEIGHT * opening
+        + EYE_WEIGHT * eye deviation
 
-with speed the median landmark speed to the neighbouring face frames (face sizes per second) and
-opening the inner-lip gap in inter-ocular distances.
+with speed the median landmark speed to the neighbouring face frames (face sizes per second),
+opening the inner-lip gap in inter-ocular distances and eye deviation how far the two eyes' lid gaps
+are from their median over the window (relative, mean of both eyes: a wide-eyed or blinking frame is
+not the driver's resting eye).
 """
 from __future__ import annotations
 
@@ -25,12 +28,25 @@ __all__ = ["NeutralChoice", "choose_neutral_frame", "neutral_at"]
 
 SPEED_WEIGHT = 10.0
 """Cost of 1 face size per second of landmark speed, in degrees of pose deviation."""
-MOUTH_WEIGHT = 20.0
-"""Cost of a mouth opened by one inter-ocular distance, in degrees of pose deviation."""
+MOUTH_WEIGHT = 100.0
+"""Cost of a mouth opened by one inter-ocular distance, in degrees of pose deviation (0.1 IOD, a
+talking mouth, costs 10 degrees). An open-mouthed neutral is what the avatar shows with its mouth
+*closed*, so it never opens as far as the driver and shuts whenever the driver's mouth is that open:
+at 20, three of four val clips that start talking (C077, the README's quick-start driver; C018; C151)
+got neutrals 0.10-0.14 IOD open and the quick-start avatar's inner lips stayed shut (median gap 0.003
+IOD against the driver's 0.11); at 100 all four neutrals are within 0.03 IOD of closed, for 2-4
+degrees more pose deviation, which the retargeting's pose offset absorbs."""
+EYE_WEIGHT = 30.0
+"""Cost of eyes opened 100 % wider (or narrower) than their median over the window, in degrees. The
+lids are retargeted as the driver's open ratio to the neutral's (:func:`~avatar_engine.geometry.eyes.retarget_lids`,
+with a gain of 1.5), so a wide-eyed neutral makes a sleepy avatar: on the quick-start driver (C077)
+the neutral chosen without this term had eyes 1.08 / 1.24x their median, and the avatar's lids hung
+half shut whenever she talked; with it 0.94 / 0.98x (P029's C054: 1.24 / 1.23x -> 1.09 / 0.99x)."""
 PITCH_WEIGHT = 0.5
 """Pitch counts half (it is the least accurate angle, see :mod:`avatar_engine.geometry.head_pose`)."""
 _UPPER_LIP, _LOWER_LIP = 13, 14
 _OUTER_EYE_CORNERS = (33, 263)
+_LID_PAIRS = ((159, 145), (386, 374))  # upper / lower lid midpoints of each eye
 
 
 @dataclass(frozen=True)
@@ -71,9 +87,17 @@ def _speed(points: Sequence[np.ndarray | None], times: Sequence[float], i: int) 
     return max(speeds) if speeds else 0.0
 
 
+def _iod(points: np.ndarray) -> float:
+    return max(float(np.linalg.norm(points[_OUTER_EYE_CORNERS[0], :2] - points[_OUTER_EYE_CORNERS[1], :2])), 1e-6)
+
+
 def _mouth_opening(points: np.ndarray) -> float:
-    iod = np.linalg.norm(points[_OUTER_EYE_CORNERS[0], :2] - points[_OUTER_EYE_CORNERS[1], :2])
-    return float(np.linalg.norm(points[_UPPER_LIP, :2] - points[_LOWER_LIP, :2]) / max(iod, 1e-6))
+    return float(np.linalg.norm(points[_UPPER_LIP, :2] - points[_LOWER_LIP, :2])) / _iod(points)
+
+
+def _eye_openings(points: np.ndarray) -> np.ndarray:
+    """``(2,)`` lid gap of each eye in inter-ocular distances."""
+    return np.array([np.linalg.norm(points[a, :2] - points[b, :2]) for a, b in _LID_PAIRS]) / _iod(points)
 
 
 def _choice(points: Sequence[np.ndarray | None], times: Sequence[float], i: int) -> NeutralChoice:
@@ -97,13 +121,15 @@ def choose_neutral_frame(times: Sequence[float], points: Sequence[np.ndarray | N
     if not faces:
         raise NoFaceError("no face in the driving frames")
     start = times[faces[0]]
-    best, best_cost = faces[0], np.inf
-    for i in faces:
-        if times[i] - start > window_s:
-            break
+    window = [i for i in faces if times[i] - start <= window_s]
+    eyes = np.array([_eye_openings(points[i]) for i in window])
+    typical = np.maximum(np.median(eyes, axis=0), 1e-6)
+    best, best_cost = window[0], np.inf
+    for i, eye in zip(window, eyes):
         pose = head_pose(points[i])
         deviation = float(np.sqrt(pose.yaw**2 + pose.roll**2 + (PITCH_WEIGHT * pose.pitch) ** 2))
-        cost = deviation + SPEED_WEIGHT * _speed(points, times, i) + MOUTH_WEIGHT * _mouth_opening(points[i])
+        cost = (deviation + SPEED_WEIGHT * _speed(points, times, i) + MOUTH_WEIGHT * _mouth_opening(points[i])
+                + EYE_WEIGHT * float(np.mean(np.abs(eye / typical - 1.0))))
         if cost < best_cost:
             best, best_cost = i, cost
     return _choice(points, times, best)

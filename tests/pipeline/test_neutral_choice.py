@@ -61,6 +61,27 @@ def test_window_limits_the_choice(tracked):
     assert choose_neutral_frame(times, driving, window_s=0.3).index <= 8  # 0.3 s at 25 fps
 
 
+def test_a_talking_start_gets_a_closed_mouth_and_resting_eyes(data_dir, tmp_path):
+    """The quick-start driver talks from the first frame; her mouth is closed only now and then, and
+    she widens her eyes as she speaks. A neutral with the mouth open would keep the avatar's mouth shut
+    while she talks (MOUTH_WEIGHT), one with wide eyes would half close the avatar's (EYE_WEIGHT)."""
+    cfg = RenderJobConfig(source=data_dir / PHOTO, driving=data_dir / "clips/val/P048/C077.mp4",
+                          output=tmp_path / "o.mp4")
+    choice = choose_neutral(cfg)
+    p = choice.points
+    iod = np.linalg.norm(p[33, :2] - p[263, :2])
+    assert np.linalg.norm(p[13, :2] - p[14, :2]) / iod < 0.03
+    assert choice.problem is None
+    eyes = []
+    with LandmarkDetector(LandmarkConfig(), static=False) as det:
+        for rgb, t in iter_frames(cfg.driving, max_frames=91):
+            q = det.detect(rgb, t)
+            eyes.append([np.linalg.norm(q[a, :2] - q[b, :2]) for a, b in ((159, 145), (386, 374))])
+    typical = np.median(np.array(eyes), axis=0)
+    ratio = np.array([np.linalg.norm(p[a, :2] - p[b, :2]) for a, b in ((159, 145), (386, 374))]) / typical
+    assert np.all(np.abs(ratio - 1.0) < 0.1), ratio
+
+
 def test_neutral_at(tracked):
     times, points = tracked
     assert neutral_at(times, points, 7).index == 7
