@@ -24,7 +24,7 @@ from avatar_engine.errors import NoFaceError
 from avatar_engine.face.landmarks import face_bbox
 from avatar_engine.geometry.head_pose import HeadPose, head_pose, neutral_pose_problem
 
-__all__ = ["NeutralChoice", "choose_neutral_frame", "neutral_at"]
+__all__ = ["NeutralChoice", "choose_neutral_frame", "neutral_at", "mouth_opening", "eye_openings"]
 
 SPEED_WEIGHT = 10.0
 """Cost of 1 face size per second of landmark speed, in degrees of pose deviation."""
@@ -91,11 +91,12 @@ def _iod(points: np.ndarray) -> float:
     return max(float(np.linalg.norm(points[_OUTER_EYE_CORNERS[0], :2] - points[_OUTER_EYE_CORNERS[1], :2])), 1e-6)
 
 
-def _mouth_opening(points: np.ndarray) -> float:
+def mouth_opening(points: np.ndarray) -> float:
+    """Inner-lip gap of ``(478, 3)`` landmarks in inter-ocular distances."""
     return float(np.linalg.norm(points[_UPPER_LIP, :2] - points[_LOWER_LIP, :2])) / _iod(points)
 
 
-def _eye_openings(points: np.ndarray) -> np.ndarray:
+def eye_openings(points: np.ndarray) -> np.ndarray:
     """``(2,)`` lid gap of each eye in inter-ocular distances."""
     return np.array([np.linalg.norm(points[a, :2] - points[b, :2]) for a, b in _LID_PAIRS]) / _iod(points)
 
@@ -122,13 +123,13 @@ def choose_neutral_frame(times: Sequence[float], points: Sequence[np.ndarray | N
         raise NoFaceError("no face in the driving frames")
     start = times[faces[0]]
     window = [i for i in faces if times[i] - start <= window_s]
-    eyes = np.array([_eye_openings(points[i]) for i in window])
+    eyes = np.array([eye_openings(points[i]) for i in window])
     typical = np.maximum(np.median(eyes, axis=0), 1e-6)
     best, best_cost = window[0], np.inf
     for i, eye in zip(window, eyes):
         pose = head_pose(points[i])
         deviation = float(np.sqrt(pose.yaw**2 + pose.roll**2 + (PITCH_WEIGHT * pose.pitch) ** 2))
-        cost = (deviation + SPEED_WEIGHT * _speed(points, times, i) + MOUTH_WEIGHT * _mouth_opening(points[i])
+        cost = (deviation + SPEED_WEIGHT * _speed(points, times, i) + MOUTH_WEIGHT * mouth_opening(points[i])
                 + EYE_WEIGHT * float(np.mean(np.abs(eye / typical - 1.0))))
         if cost < best_cost:
             best, best_cost = i, cost

@@ -179,6 +179,26 @@ def test_neutral_pose_on_a_real_face(data_dir):
     assert np.all(neutral[:, :2] <= stack[:, :, :2].max(0) + 1e-3)
 
 
+def test_a_user_who_talks_gets_a_closed_mouth_neutral(data_dir):
+    """The quick-start driver talks through the whole second the neutral is taken: the median of all
+    those frames has the mouth 0.13 IOD open, which the avatar would show as closed."""
+    from avatar_engine.pipeline.neutral import mouth_opening
+
+    step = NeutralPoseStep(NeutralConfig(duration_s=1.0))
+    step.start()
+    fed, neutral = [], None
+    with LandmarkDetector(LandmarkConfig(), static=False) as det:
+        for rgb, t in iter_frames(data_dir / "clips/val/P048/C077.mp4", max_frames=90):
+            pts = det.detect(rgb, t)
+            fed.append(pts)
+            neutral = step.feed(pts, (rgb.shape[1], rgb.shape[0]), t)
+            if neutral is not None:
+                break
+    assert neutral is not None
+    assert mouth_opening(np.median(np.stack(fed), axis=0)) > 0.1  # what a plain median would take
+    assert mouth_opening(neutral) < 0.07
+
+
 def test_neutral_pose_step_guides_an_off_centre_face_then_times_out(data_dir):
     frames = _landmarks(data_dir, 60, shift=120)  # the face at the right edge of a 256-px frame
     step = NeutralPoseStep(NeutralConfig(duration_s=1.0, timeout_s=1.5))
