@@ -11,7 +11,7 @@ from avatar_engine.cli import main
 from avatar_engine.errors import NoFaceError
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.io.video import iter_frames
-from avatar_engine.pipeline.neutral import choose_neutral_frame, neutral_at
+from avatar_engine.pipeline.neutral import choose_neutral_frame, eye_openings, mouth_opening, neutral_at
 from avatar_engine.pipeline.render_job import RenderJobConfig, choose_neutral
 
 CLIP = "clips/val/P004/C021.mp4"
@@ -68,17 +68,11 @@ def test_a_talking_start_gets_a_closed_mouth_and_resting_eyes(data_dir, tmp_path
     cfg = RenderJobConfig(source=data_dir / PHOTO, driving=data_dir / "clips/val/P048/C077.mp4",
                           output=tmp_path / "o.mp4")
     choice = choose_neutral(cfg)
-    p = choice.points
-    iod = np.linalg.norm(p[33, :2] - p[263, :2])
-    assert np.linalg.norm(p[13, :2] - p[14, :2]) / iod < 0.03
+    assert mouth_opening(choice.points) < 0.03
     assert choice.problem is None
-    eyes = []
     with LandmarkDetector(LandmarkConfig(), static=False) as det:
-        for rgb, t in iter_frames(cfg.driving, max_frames=91):
-            q = det.detect(rgb, t)
-            eyes.append([np.linalg.norm(q[a, :2] - q[b, :2]) for a, b in ((159, 145), (386, 374))])
-    typical = np.median(np.array(eyes), axis=0)
-    ratio = np.array([np.linalg.norm(p[a, :2] - p[b, :2]) for a, b in ((159, 145), (386, 374))]) / typical
+        eyes = [eye_openings(det.detect(rgb, t)) for rgb, t in iter_frames(cfg.driving, max_frames=91)]
+    ratio = eye_openings(choice.points) / np.median(np.array(eyes), axis=0)
     assert np.all(np.abs(ratio - 1.0) < 0.1), ratio
 
 
