@@ -80,6 +80,27 @@ def test_layers_leave_the_source_pose_alone(source):
     assert diff.mean() < 0.2 and np.percentile(diff, 99.9) < 40
 
 
+def _opening_pixels(image: np.ndarray, points: np.ndarray, opening: Opening) -> np.ndarray:
+    """``(n, 3) int`` pixels of ``image`` inside the lid opening of ``points``."""
+    frame = opening_frame(points, opening)
+    patch = patch_around(points[list(opening.loop), :2], 1.0, image.shape[:2])
+    u, v = frame.to_frame(patch.xy)
+    inside = (np.abs(u) < 0.5) & (v > frame.upper(u)) & (v < frame.lower(u))
+    return image[patch.y0:patch.y1, patch.x0:patch.x1][inside].astype(int)
+
+
+def test_eye_layer_at_rest_keeps_the_eyes_as_they_are(source):
+    """At the source's own landmarks the redrawn eyeball is the source's: the corners are not turned
+    into lash-coloured dots and no lash is painted into the sclera (row fill, not inpainting)."""
+    p, image = source.landmarks, source.crop_image
+    out = EyeLayer(image, p).apply(image.copy(), p)
+    for opening, _, _ in EYES:
+        before, after = _opening_pixels(image, p, opening), _opening_pixels(out, p, opening)
+        darker = (before - after).mean(axis=-1)
+        assert (darker > 30).mean() < 0.015, (darker > 30).mean()
+        assert np.abs(after - before).mean() < 7.0, np.abs(after - before).mean()
+
+
 def test_gaze_moves_the_iris(source, detector):
     p = source.landmarks
     u = (p[263, :2] - p[33, :2]) / _iod(p)
