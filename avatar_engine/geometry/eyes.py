@@ -96,11 +96,6 @@ def _profile(u: np.ndarray, knots: np.ndarray, colours: np.ndarray) -> np.ndarra
     return np.stack([np.interp(u, knots, colours[:, k]) for k in range(3)], axis=-1)
 
 
-def _inside(frame: OpeningFrame, xy: np.ndarray) -> np.ndarray:
-    u, v = frame.to_frame(xy)
-    return (np.abs(u) < 0.5) & (v > frame.upper(u)) & (v < frame.lower(u))
-
-
 def _iris(points: np.ndarray, centre: int, contour: tuple[int, ...]) -> tuple[np.ndarray, float]:
     p = np.asarray(points, np.float64)[:, :2]
     return p[centre], float(np.mean(np.linalg.norm(p[list(contour)] - p[centre], axis=1)))
@@ -162,7 +157,7 @@ class _SourceEye:
             self.usable = False
             return
         xy = patch.xy
-        inside = _inside(f, xy)
+        inside = f.contains(xy)
         dist = np.linalg.norm(xy - c, axis=-1)
         block = image[patch.y0:patch.y1, patch.x0:patch.x1]
         luma = block.mean(axis=-1)

@@ -114,8 +114,7 @@ class MouthLayer:
         shows = False
         if not inner.empty and not outer.empty:
             block = crop[inner.y0:inner.y1, inner.x0:inner.x1]
-            u, v = self.frame.to_frame(inner.xy)
-            inside = (np.abs(u) < 0.5) & (v > self.frame.upper(u)) & (v < self.frame.lower(u))
+            inside = self.frame.contains(inner.xy)
             shows = inside.sum() >= 12 and _teeth_share(np.ascontiguousarray(block), inside) >= 0.1
         self.source_shows_teeth = shows
 

@@ -84,6 +84,12 @@ class OpeningFrame:
         """``v`` of the lower chain at ``u``."""
         return np.interp(u, self.lower_u, self.lower_v)
 
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """``(...) bool``: pixel positions ``xy (..., 2)`` inside the opening (between the corners and
+        strictly between the two chains)."""
+        u, v = self.to_frame(xy)
+        return (np.abs(u) < 0.5) & (v > self.upper(u)) & (v < self.lower(u))
+
     def gap(self) -> float:
         """Mean opening ``lower - upper`` over the middle half (``|u| <= 0.25``), frame units."""
         u = np.linspace(-0.25, 0.25, 9)

@@ -82,10 +82,8 @@ def test_layers_leave_the_source_pose_alone(source):
 
 def _opening_pixels(image: np.ndarray, points: np.ndarray, opening: Opening) -> np.ndarray:
     """``(n, 3) int`` pixels of ``image`` inside the lid opening of ``points``."""
-    frame = opening_frame(points, opening)
     patch = patch_around(points[list(opening.loop), :2], 1.0, image.shape[:2])
-    u, v = frame.to_frame(patch.xy)
-    inside = (np.abs(u) < 0.5) & (v > frame.upper(u)) & (v < frame.lower(u))
+    inside = opening_frame(points, opening).contains(patch.xy)
     return image[patch.y0:patch.y1, patch.x0:patch.x1][inside].astype(int)
 
 
@@ -126,11 +124,7 @@ def test_extreme_vertical_gaze_keeps_the_iris_in_the_opening(source):
     rest = _render(source, p, True).mean(axis=-1)
 
     def dark_share(image: np.ndarray, target: np.ndarray, opening: Opening) -> float:
-        frame = opening_frame(target, opening)
-        patch = patch_around(target[list(opening.loop), :2], 1.0, image.shape[:2])
-        u, v = frame.to_frame(patch.xy)
-        inside = (np.abs(u) < 0.5) & (v > frame.upper(u)) & (v < frame.lower(u))
-        return float((image[patch.y0:patch.y1, patch.x0:patch.x1][inside] < 90).mean())
+        return float((_opening_pixels(image, target, opening) < 90).mean())
 
     normal = p.copy()
     normal[IRIS, :2] += _iod(p) * np.array([0.02, -0.01])
