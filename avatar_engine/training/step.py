@@ -85,11 +85,15 @@ class StepOptions:
 
     Attributes:
         compile: ``torch.compile`` the generator forward + losses (falls back to eager on failure).
+        compile_backend: the ``torch.compile`` backend (``inductor``: generated C++/Triton kernels, the
+            fast one; ``aot_eager``: the same captured forward/backward graphs run by eager kernels, which
+            compiles in seconds instead of a minute and a half on a cold 2-core CPU: the test suite's choice).
         channels_last: weights and images in channels-last memory.
         fused_adam: fused Adam kernels.
     """
 
     compile: bool = True
+    compile_backend: str = "inductor"
     channels_last: bool = True
     fused_adam: bool = True
 
@@ -241,8 +245,8 @@ class ModelStep:
             # two compiled regions, the generator and the reconstruction loss: one graph holding both
             # gave the refinement network zero gradients from the SSIM term (Inductor, torch 2.13 CPU;
             # aot_eager and the split graphs are right; tests/training/test_fast_step.py checks it)
-            self.gen = torch.compile(gen)
-            self._recon = torch.compile(reconstruction_loss)
+            self.gen = torch.compile(gen, backend=self.options.compile_backend)
+            self._recon = torch.compile(reconstruction_loss, backend=self.options.compile_backend)
             self._compiled = True
 
     # ---------------------------------------------------------------- one step
