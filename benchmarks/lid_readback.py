@@ -1,0 +1,92 @@
+"""Eyelid read-back: how open mediapipe sees a rendered eye whose lids were asked to open by a ratio.
+
+Each val photo is rendered with its own landmarks, except that every lid landmark's distance from its
+eye's lid midline is multiplied by ``r`` (0.3 = nearly closed, 1 = as in the photo, 1.4 = wide); then
+mediapipe (static mode, as in `avatar-engine eval`) reads the eye opening of the output
+(``eye_open_left/right`` of ``avatar_engine/eval/signals.py``, averaged) over that of the photo. A
+renderer whose lids mediapipe reads exactly would print ``r``; the cross-reenactment eye-opening
+amplitude of eval (output vs the retargeted target) is bounded by the slope of this curve.
+
+    python3 benchmarks/lid_readback.py [--renderers mesh neural mesh:nolayers]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import numpy as np  # noqa: E402
+
+from avatar_engine.eval.signals import face_signals  # noqa: E402
+from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
+from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
+from avatar_engine.geometry.eyes import EYES  # noqa: E402
+from avatar_engine.geometry.openings import opening_frame  # noqa: E402
+from avatar_engine.renderers import create_renderer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RATIOS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.2, 1.4)
+
+
+def scaled_lids(points: np.ndarray, ratio: float) -> np.ndarray:
+    """``(478, 3)`` ``points`` with both eyes' lid landmarks (not the corners) moved to ``ratio`` times
+    their distance from the lid midline, along each eye's vertical axis."""
+    out = np.asarray(points, np.float32).copy()
+    for opening, _, _ in EYES:
+        frame = opening_frame(points, opening)
+        for chain in opening.chains():
+            inner = chain[1:-1]
+            u, v = frame.to_frame(points[inner, :2])
+            mid = 0.5 * (frame.upper(u) + frame.lower(u))
+            out[inner, :2] = frame.to_pixels(u, mid + (v - mid) * ratio).astype(np.float32)
+    return out
+
+
+def eye_open(detector: LandmarkDetector, image: np.ndarray) -> float:
+    points = detector.detect(image)
+    if points is None:
+        return float("nan")
+    s = face_signals(points)
+    return 0.5 * (s["eye_open_left"] + s["eye_open_right"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--renderers", nargs="+", default=["mesh", "neural", "mesh:nolayers"],
+                    help="renderer names; ':nolayers' renders without the face layers")
+    args = ap.parse_args()
+    with open(args.data / "images.csv", newline="") as f:
+        photos = [r for r in csv.DictReader(f) if r["split"] == "val"]
+    renderers = {}
+    for name in args.renderers:
+        r = create_renderer(name.split(":")[0], "cpu", backend="eager")
+        if name.endswith(":nolayers"):
+            r.layers = None
+        renderers[name] = r
+    curves: dict[str, list[list[float]]] = {n: [] for n in renderers}
+    with LandmarkDetector(LandmarkConfig(), static=True) as detector:
+        for row in photos:
+            source = prepare_source(args.data / row["path"], SourceConfig(size=256))
+            base = eye_open(detector, source.crop_image)
+            for name, r in renderers.items():
+                curves[name].append([eye_open(detector, r.render(source, scaled_lids(source.landmarks, k))) / base
+                                     for k in RATIOS])
+            print(row["image_id"], file=sys.stderr, flush=True)
+    print(f"machine: {machine()}; {len(photos)} val photos; mean over photos of read opening / photo's\n")
+    print("| renderer | " + " | ".join(f"r = {k}" for k in RATIOS) + " |")
+    print("|---|" + "---|" * len(RATIOS))
+    for name, rows in curves.items():
+        mean = np.nanmean(np.array(rows), axis=0)
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in mean) + " |")
+
+
+if __name__ == "__main__":
+    main()
