@@ -436,11 +436,14 @@ def test_a_finishing_stage_that_keeps_failing_ends_the_session_with_the_error(da
 
 class ScriptedWindow:
     """The preview window at the display boundary (no X server here): keeps what it is shown and
-    presses ``key`` at the ``press_at``-th picture, or reports the window closed after it."""
+    presses ``key`` at the ``press_at``-th picture of the avatar view (``avatar_shape``; the neutral
+    step before it shows the camera, for as many frames as the neutral takes), or reports the window
+    closed after it."""
 
-    def __init__(self, press_at: int, key: int | None):
+    def __init__(self, press_at: int, key: int | None, avatar_shape: tuple[int, int] = (480, 480)):
         self.shown: list[np.ndarray] = []
-        self.press_at, self.key = press_at, key
+        self.press_at, self.key, self.avatar_shape = press_at, key, avatar_shape
+        self.avatar_pictures = 0
         self.opened = self.closed = False
         self.closed_seen_at: int | None = None
 
@@ -449,11 +452,12 @@ class ScriptedWindow:
 
     def show(self, rgb: np.ndarray) -> int:
         self.shown.append(rgb)
-        return self.key if self.key is not None and len(self.shown) == self.press_at else -1
+        self.avatar_pictures += rgb.shape[:2] == self.avatar_shape
+        return self.key if self.key is not None and self.avatar_pictures == self.press_at else -1
 
     @property
     def closed_by_user(self) -> bool:
-        closed = self.key is None and len(self.shown) >= self.press_at
+        closed = self.key is None and self.avatar_pictures >= self.press_at
         if closed and self.closed_seen_at is None:
             self.closed_seen_at = len(self.shown)
         return closed
@@ -474,7 +478,7 @@ def test_every_output_goes_through_the_one_sink_interface(data_dir, tmp_path, re
     windows: list[ScriptedWindow] = []
 
     def new_window() -> ScriptedWindow:
-        windows.append(ScriptedWindow(40, key))
+        windows.append(ScriptedWindow(40, key))  # acts at the 40th avatar picture
         return windows[-1]
 
     monkeypatch.setattr(runtime.preview, "PreviewWindow", new_window)
@@ -501,7 +505,7 @@ def test_every_output_goes_through_the_one_sink_interface(data_dir, tmp_path, re
     if key is not None:  # the key came with the last picture: the last frame sent
         assert np.array_equal(window.shown[-1], compose_preview(sink.frames[-1], sink.infos[-1], "avatar", None))
     else:  # once the user closed the window nothing is shown (showing would reopen it)
-        assert window.closed_seen_at == len(window.shown) == 40
+        assert window.closed_seen_at == len(window.shown) and window.avatar_pictures == 40
 
 
 def test_the_neutral_avatar_goes_through_finish_with_super_resolution(data_dir, monkeypatch):
