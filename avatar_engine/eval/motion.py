@@ -9,6 +9,10 @@ reference, then ``add_output`` once per renderer) and then gives per-renderer sc
   truth's landmarks in self-reenactment, the retargeted target landmarks in cross-reenactment.
 * The *event reference* is the driver: its closed-eye frames and its teeth-visible frames, measured
   on the driver's image and landmarks (the ground-truth crop in self-reenactment).
+* Gaze (``gaze_x``, ``gaze_y``) is scored only on the frames where the driver's eyes are open (not
+  :meth:`MotionTrack.closed`): behind closed lids there is no gaze, and mediapipe's iris landmarks there
+  are guesses that move with the blink (on val driver C054 one blink made 4 frames of "gaze" three times
+  the rest of the clip's range).
 * Moments: the frames with the reference's widest mouth, most sideways gaze (farthest from its
   first value) and most closed eyes; their thumbnails (reference + outputs) are kept for the
   contact sheet.
@@ -25,6 +29,8 @@ from avatar_engine.eval import signals as sig
 __all__ = ["MOTION_METRICS", "MOMENTS", "Moment", "MotionTrack", "aggregate_motion"]
 
 TRANSFER_SIGNALS = sig.SIGNALS
+OPEN_EYE_SIGNALS: tuple[str, ...] = ("gaze_x", "gaze_y")
+"""Signals scored only where the driver's eyes are open (see the module docstring)."""
 MOTION_METRICS: tuple[tuple[str, str], ...] = tuple(
     (f"{s}_{stat}", f"{s} {label}") for s in TRANSFER_SIGNALS
     for stat, label in (("corr", "correlation ↑"), ("ratio", "amplitude ratio (1 = full)"))
@@ -128,6 +134,16 @@ class MotionTrack:
         rows = self.reference if name is None else self.outputs[name]
         return np.array([r[signal] for r in rows], np.float64)
 
+    def transfer_pair(self, name: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(reference, output)`` ``(T,)`` series of ``signal`` as scored: ``nan`` where the driver's eyes
+        are closed for :data:`OPEN_EYE_SIGNALS`."""
+        ref, out = self.series(None, signal), self.series(name, signal)
+        if signal in OPEN_EYE_SIGNALS:
+            closed = self.closed(None)
+            ref[closed] = np.nan
+            out[closed] = np.nan
+        return ref, out
+
     def closed(self, name: str | None) -> np.ndarray:
         """``(T,) bool`` closed-eye frames of the driver (``name`` None) or of an output."""
         return sig.eyes_closed(np.asarray(self.ref_eye if name is None else self.out_eye[name]), self.events)
@@ -140,7 +156,7 @@ class MotionTrack:
         """Motion metrics (:data:`MOTION_METRICS`) of renderer ``name`` on this sequence."""
         out: dict[str, float] = {}
         for s in TRANSFER_SIGNALS:
-            t = sig.transfer(self.series(None, s), self.series(name, s))
+            t = sig.transfer(*self.transfer_pair(name, s))
             out[f"{s}_corr"], out[f"{s}_ratio"] = t.corr, t.ratio
         out["blink_score"] = sig.event_score(self.closed(None), self.closed(name))[0]
         out["teeth_score"] = sig.event_score(self.teeth(None), self.teeth(name))[0]
@@ -159,7 +175,7 @@ def aggregate_motion(tracks: list[MotionTrack], name: str) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     for s in TRANSFER_SIGNALS:
-        t = sig.pooled_transfer([(tr.series(None, s), tr.series(name, s)) for tr in tracks])
+        t = sig.pooled_transfer([tr.transfer_pair(name, s) for tr in tracks])
         out[f"{s}_corr"], out[f"{s}_ratio"] = t.corr, t.ratio
     for key, events in (("blink_score", MotionTrack.closed), ("teeth_score", MotionTrack.teeth)):
         hits = total = 0

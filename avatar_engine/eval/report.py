@@ -140,7 +140,8 @@ def _motion_section(result: EvalResult, kind: str) -> list[str]:
     teeth = sum(int(r.info.get("teeth_frames", 0)) for r in reports)
     lines = [f"## Motion transfer, {kind}-reenactment (output vs {ref}; pooled over the sequences)", "",
              "Each cell: correlation / amplitude ratio (std of the output over std of the reference; 1 = full, "
-             "0 = frozen). Signals in inter-ocular distances, from mediapipe landmarks of output and reference.", ""]
+             "0 = frozen). Signals in inter-ocular distances, from mediapipe landmarks of output and reference; "
+             "gaze only on the frames where the driver's eyes are open.", ""]
     rows = [[_SIGNAL_LABELS[s]] + [_pair(agg[n], s) for n in names] for s in TRANSFER_SIGNALS]
     rows.append([f"blink score ({closed} closed-eye driver frames) ↑"] + [_fmt("blink_score", agg[n]["blink_score"]) for n in names])
     rows.append([f"teeth score ({teeth} teeth-visible driver frames) ↑"] +

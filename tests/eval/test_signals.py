@@ -128,3 +128,37 @@ def test_motion_track_scores_and_moments(face):
     assert len(mouth.thumbs) == 3
     pooled = aggregate_motion([track, track], "good")
     assert pooled["mouth_open_ratio"] == pytest.approx(1.0) and pooled["teeth_score"] == 1.0
+
+
+def test_gaze_is_scored_only_while_the_drivers_eyes_are_open(face):
+    """During a blink the reference's iris landmarks are guesses: an output that follows the driver's
+    gaze on every open-eye frame scores a full correlation whatever its irises do behind closed lids,
+    and one that does not follow it still scores low."""
+    rgb, p = face
+    iod = np.linalg.norm(p[263, :2] - p[33, :2])
+    u = (p[263, :2] - p[33, :2]) / iod
+    iris = np.concatenate([topology.LEFT_IRIS_IDX, topology.RIGHT_IRIS_IDX])
+    lids = [(386, 374), (385, 380), (387, 373), (159, 145), (158, 153), (160, 144)]
+    track = MotionTrack(("follows", "opposite"))
+    thumb = np.zeros((8, 8, 3), np.uint8)
+    blink = {9, 10, 11}
+    for k in range(24):
+        look = 0.02 * math.sin(k / 3.0)  # the driver's gaze, in IODs
+        ref = p.copy()
+        ref[iris, :2] += (look if k not in blink else -0.15) * iod * u  # a wild iris guess behind the lids
+        if k in blink:
+            for upper, lower in lids:
+                ref[upper] = ref[lower]
+        follows, opposite = ref.copy(), p.copy()
+        follows[iris, :2] = p[iris, :2] + (look if k not in blink else 0.1) * iod * u
+        opposite[iris, :2] += -look * iod * u
+        track.begin_frame(ref, rgb, ref, thumb)
+        track.add_output("follows", rgb, follows, thumb)
+        track.add_output("opposite", rgb, opposite, thumb)
+    assert track.event_counts()["closed_eye_frames"] == 3
+    good, bad = track.scores("follows"), track.scores("opposite")
+    assert good["gaze_x_corr"] == pytest.approx(1.0, abs=1e-6) and good["gaze_x_ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert bad["gaze_x_corr"] == pytest.approx(-1.0, abs=1e-6)
+    assert aggregate_motion([track], "follows")["gaze_x_corr"] == pytest.approx(1.0, abs=1e-6)
+    # the blink's frames still count for the eye opening
+    assert good["eye_open_left_ratio"] > 0.5
