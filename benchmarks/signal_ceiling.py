@@ -27,6 +27,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 import numpy as np  # noqa: E402
 
 from avatar_engine.eval import signals as sig  # noqa: E402
+from avatar_engine.eval.motion import OPEN_EYE_SIGNALS  # noqa: E402
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
 from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
 from avatar_engine.io.video import iter_frames  # noqa: E402
@@ -75,10 +76,14 @@ def main() -> None:
     print(f"machine: {machine()}; {len(clips)} val clips, {args.frames} frames each\n")
     print("| signal | " + " | ".join(READINGS) + " |")
     print("|---|" + "---|" * len(READINGS))
+    # gaze is scored on the ground truth's open-eye frames only, as eval does (avatar_engine/eval/motion.py)
+    closed = [sig.eyes_closed(0.5 * (left + right))
+              for left, right in zip(series["gt"]["eye_open_left"], series["gt"]["eye_open_right"])]
     for s in sig.SIGNALS:
         cells = []
         for k in READINGS:
-            t = sig.pooled_transfer(list(zip(series["gt"][s], series[k][s])))
+            refs = [np.where(c, np.nan, r) if s in OPEN_EYE_SIGNALS else r for r, c in zip(series["gt"][s], closed)]
+            t = sig.pooled_transfer(list(zip(refs, series[k][s])))
             cells.append(f"{t.corr:.2f} / {t.ratio:.2f}")
         print(f"| {s} | " + " | ".join(cells) + " |")
 
