@@ -14,7 +14,8 @@ reference, then ``add_output`` once per renderer) and then gives per-renderer sc
   are guesses that move with the blink (on val driver C054 one blink made 4 frames of "gaze" three times
   the rest of the clip's range).
 * Moments: the frames with the reference's widest mouth, most sideways gaze (farthest from its
-  first value) and most closed eyes; their thumbnails (reference + outputs) are kept for the
+  first value, among the frames whose driver's eyes are open as far as the sequence has been seen) and
+  most closed eyes; their thumbnails (reference + outputs) are kept for the
   contact sheet.
 """
 from __future__ import annotations
@@ -108,10 +109,11 @@ class MotionTrack:
         self._capturing = []
         if ref_points is None or thumb is None:
             return
-        if self._gaze0 is None:
-            self._gaze0 = values["gaze_x"]
-        extremes = {"mouth": values["mouth_open"], "gaze": abs(values["gaze_x"] - self._gaze0),
-                    "blink": -_eye_open(values)}
+        extremes = {"mouth": values["mouth_open"], "blink": -_eye_open(values)}
+        if not sig.eyes_closed(np.asarray(self.ref_eye), self.events)[-1]:  # gaze behind closed lids: none
+            if self._gaze0 is None:
+                self._gaze0 = values["gaze_x"]
+            extremes["gaze"] = abs(values["gaze_x"] - self._gaze0)
         for name, value in extremes.items():
             m = self.moments[name]
             if value > m.value:

@@ -160,5 +160,7 @@ def test_gaze_is_scored_only_while_the_drivers_eyes_are_open(face):
     assert good["gaze_x_corr"] == pytest.approx(1.0, abs=1e-6) and good["gaze_x_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert bad["gaze_x_corr"] == pytest.approx(-1.0, abs=1e-6)
     assert aggregate_motion([track], "follows")["gaze_x_corr"] == pytest.approx(1.0, abs=1e-6)
+    # the contact sheet's "most sideways gaze" is a real glance, not the blink's guess
+    assert track.moments["gaze"].frame not in blink and track.moments["blink"].frame in blink
     # the blink's frames still count for the eye opening
     assert good["eye_open_left_ratio"] > 0.5
