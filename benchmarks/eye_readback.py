@@ -25,7 +25,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402
 
-from avatar_engine.eval.signals import face_signals  # noqa: E402
+from avatar_engine.eval.signals import eye_open, face_signals  # noqa: E402
 from avatar_engine.face import topology  # noqa: E402
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
 from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
@@ -75,7 +75,7 @@ def read(detector: LandmarkDetector, image: np.ndarray) -> dict[str, float]:
     s = face_signals(points)
     eye_width = np.mean([np.linalg.norm(points[a, :2] - points[b, :2]) for _, a, b in _IRISES])
     iod = np.linalg.norm(points[263, :2] - points[33, :2])
-    return {"open": 0.5 * (s["eye_open_left"] + s["eye_open_right"]), "gaze": s["gaze_x"] * iod / eye_width}
+    return {"open": eye_open(s), "gaze": s["gaze_x"] * iod / eye_width}
 
 
 def main() -> None:

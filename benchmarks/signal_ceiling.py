@@ -27,7 +27,6 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 import numpy as np  # noqa: E402
 
 from avatar_engine.eval import signals as sig  # noqa: E402
-from avatar_engine.eval.motion import OPEN_EYE_SIGNALS  # noqa: E402
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
 from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
 from avatar_engine.io.video import iter_frames  # noqa: E402
@@ -66,23 +65,23 @@ def main() -> None:
     args = ap.parse_args()
     clips = sorted(p for p in (args.data / "clips" / "val").glob("*/*") if p.suffix in (".mp4", ".mov"))
     series: dict[str, dict[str, list[np.ndarray]]] = {k: {s: [] for s in sig.SIGNALS} for k in ("gt", *READINGS)}
+    closed: list[np.ndarray] = []  # per clip, the ground truth's closed-eye frames (gaze is not scored there)
     with LandmarkDetector(LandmarkConfig(), static=True) as static:
         for path in clips:
             for k, points in clip_readings(path, args.frames, static).items():
                 values = [sig.face_signals(p) if p is not None else None for p in points]
                 for s in sig.SIGNALS:
                     series[k][s].append(np.array([v[s] if v else np.nan for v in values]))
+                if k == "gt":
+                    closed.append(sig.eyes_closed(np.array([sig.eye_open(v) if v else np.nan for v in values])))
             print(f"{path.stem}", file=sys.stderr, flush=True)
     print(f"machine: {machine()}; {len(clips)} val clips, {args.frames} frames each\n")
     print("| signal | " + " | ".join(READINGS) + " |")
     print("|---|" + "---|" * len(READINGS))
-    # gaze is scored on the ground truth's open-eye frames only, as eval does (avatar_engine/eval/motion.py)
-    closed = [sig.eyes_closed(0.5 * (left + right))
-              for left, right in zip(series["gt"]["eye_open_left"], series["gt"]["eye_open_right"])]
     for s in sig.SIGNALS:
+        refs = [sig.open_eyes_only(s, r, c) for r, c in zip(series["gt"][s], closed)]  # as eval scores them
         cells = []
         for k in READINGS:
-            refs = [np.where(c, np.nan, r) if s in OPEN_EYE_SIGNALS else r for r, c in zip(series["gt"][s], closed)]
             t = sig.pooled_transfer(list(zip(refs, series[k][s])))
             cells.append(f"{t.corr:.2f} / {t.ratio:.2f}")
         print(f"| {s} | " + " | ".join(cells) + " |")

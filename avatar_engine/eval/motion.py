@@ -9,8 +9,8 @@ reference, then ``add_output`` once per renderer) and then gives per-renderer sc
   truth's landmarks in self-reenactment, the retargeted target landmarks in cross-reenactment.
 * The *event reference* is the driver: its closed-eye frames and its teeth-visible frames, measured
   on the driver's image and landmarks (the ground-truth crop in self-reenactment).
-* Gaze (``gaze_x``, ``gaze_y``) is scored only on the frames where the driver's eyes are open (not
-  :meth:`MotionTrack.closed`): behind closed lids there is no gaze, and mediapipe's iris landmarks there
+* Gaze (:data:`~avatar_engine.eval.signals.OPEN_EYE_SIGNALS`) is scored only on the frames where the
+  driver's eyes are open (not :meth:`MotionTrack.closed`): behind closed lids there is no gaze, and mediapipe's iris landmarks there
   are guesses that move with the blink (on val driver C054 one blink made 4 frames of "gaze" three times
   the rest of the clip's range).
 * Moments: the frames with the reference's widest mouth, most sideways gaze (farthest from its
@@ -30,8 +30,6 @@ from avatar_engine.eval import signals as sig
 __all__ = ["MOTION_METRICS", "MOMENTS", "Moment", "MotionTrack", "aggregate_motion"]
 
 TRANSFER_SIGNALS = sig.SIGNALS
-OPEN_EYE_SIGNALS: tuple[str, ...] = ("gaze_x", "gaze_y")
-"""Signals scored only where the driver's eyes are open (see the module docstring)."""
 MOTION_METRICS: tuple[tuple[str, str], ...] = tuple(
     (f"{s}_{stat}", f"{s} {label}") for s in TRANSFER_SIGNALS
     for stat, label in (("corr", "correlation ↑"), ("ratio", "amplitude ratio (1 = full)"))
@@ -57,10 +55,6 @@ class Moment:
     value: float = -math.inf
     frame: int = -1
     thumbs: list[np.ndarray] = field(default_factory=list)
-
-
-def _eye_open(values: dict[str, float]) -> float:
-    return 0.5 * (values["eye_open_left"] + values["eye_open_right"])
 
 
 class MotionTrack:
@@ -103,13 +97,13 @@ class MotionTrack:
         values = sig.face_signals(ref_points) if ref_points is not None else self._nan
         self.reference.append(values)
         ev = sig.face_signals(event_points) if event_points is not None else None
-        self.ref_eye.append(_eye_open(ev) if ev is not None else math.nan)
+        self.ref_eye.append(sig.eye_open(ev) if ev is not None else math.nan)
         self.ref_teeth.append(event_image is not None and event_points is not None
                               and sig.teeth_visible(event_image, event_points, self.events))
         self._capturing = []
         if ref_points is None or thumb is None:
             return
-        extremes = {"mouth": values["mouth_open"], "blink": -_eye_open(values)}
+        extremes = {"mouth": values["mouth_open"], "blink": -sig.eye_open(values)}
         if not sig.eyes_closed(np.asarray(self.ref_eye), self.events)[-1]:  # gaze behind closed lids: none
             if self._gaze0 is None:
                 self._gaze0 = values["gaze_x"]
@@ -125,7 +119,7 @@ class MotionTrack:
         """The output of renderer ``name`` for the current frame (``points`` None: no face found on it)."""
         values = sig.face_signals(points) if points is not None else self._nan
         self.outputs[name].append(values)
-        self.out_eye[name].append(_eye_open(values))
+        self.out_eye[name].append(sig.eye_open(values))
         self.out_teeth[name].append(points is not None and sig.teeth_visible(image, points, self.events))
         if thumb is not None:
             for m in self._capturing:
@@ -137,14 +131,11 @@ class MotionTrack:
         return np.array([r[signal] for r in rows], np.float64)
 
     def transfer_pair(self, name: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(reference, output)`` ``(T,)`` series of ``signal`` as scored: ``nan`` where the driver's eyes
-        are closed for :data:`OPEN_EYE_SIGNALS`."""
-        ref, out = self.series(None, signal), self.series(name, signal)
-        if signal in OPEN_EYE_SIGNALS:
-            closed = self.closed(None)
-            ref[closed] = np.nan
-            out[closed] = np.nan
-        return ref, out
+        """``(reference, output)`` ``(T,)`` series of ``signal`` as scored (:func:`~avatar_engine.eval.signals.
+        open_eyes_only`: gaze only where the driver's eyes are open)."""
+        closed = self.closed(None)
+        return (sig.open_eyes_only(signal, self.series(None, signal), closed),
+                sig.open_eyes_only(signal, self.series(name, signal), closed))
 
     def closed(self, name: str | None) -> np.ndarray:
         """``(T,) bool`` closed-eye frames of the driver (``name`` None) or of an output."""

@@ -44,12 +44,16 @@ import numpy as np
 
 from avatar_engine.face import topology
 
-__all__ = ["SIGNALS", "EventConfig", "face_signals", "teeth_share", "teeth_visible", "eyes_closed", "Transfer",
-           "transfer", "pooled_transfer", "event_score"]
+__all__ = ["SIGNALS", "OPEN_EYE_SIGNALS", "EventConfig", "face_signals", "eye_open", "open_eyes_only", "teeth_share",
+           "teeth_visible", "eyes_closed", "Transfer", "transfer", "pooled_transfer", "event_score"]
 
 SIGNALS: tuple[str, ...] = ("mouth_open", "eye_open_left", "eye_open_right", "gaze_x", "gaze_y", "brow_height",
                             "smile")
 """Signal names in report order (see the module table)."""
+
+OPEN_EYE_SIGNALS: tuple[str, ...] = ("gaze_x", "gaze_y")
+"""Signals with no value while the driver's eyes are closed: behind closed lids there is no gaze, and
+mediapipe's iris landmarks there are guesses that move with the blink (:func:`open_eyes_only`)."""
 
 _OUTER_CORNERS = (33, 263)
 _MOUTH_GAPS = ((13, 14), (82, 87), (312, 317))
@@ -110,6 +114,18 @@ def face_signals(points: np.ndarray) -> dict[str, float]:
         "brow_height": -brow / iod,
         "smile": float(np.linalg.norm(p[_LIP_CORNERS[0]] - p[_LIP_CORNERS[1]])) / iod,
     }
+
+
+def eye_open(values: dict[str, float]) -> float:
+    """Mean eye opening (IOD) of one face's :func:`face_signals`."""
+    return 0.5 * (values["eye_open_left"] + values["eye_open_right"])
+
+
+def open_eyes_only(signal: str, series: np.ndarray, closed: np.ndarray) -> np.ndarray:
+    """``series (T,)`` of ``signal`` as it is scored: ``nan`` on the driver's ``closed (T,) bool`` frames
+    for :data:`OPEN_EYE_SIGNALS`, unchanged for the other signals."""
+    out = np.asarray(series, np.float64)
+    return np.where(closed, np.nan, out) if signal in OPEN_EYE_SIGNALS else out
 
 
 def teeth_share(image: np.ndarray, points: np.ndarray, config: EventConfig = EventConfig()) -> tuple[float, float]:
