@@ -36,6 +36,7 @@ from typing import Iterator
 
 import cv2
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from avatar_engine.config import config_from_dict
 from avatar_engine.data.prepare import PairConfig, PairDataset, load_prepared
@@ -72,6 +73,10 @@ class TrainConfig:
         val_every / val_pairs / val_images: validation period (steps), pairs scored, rows in the PNG.
         checkpoint_every / log_every: periods in steps.
         step: the fast path's switches (``[step]`` table: compile, channels_last, fused_adam).
+        ema: decay of an exponential moving average of the generator's weights (0: off). When on, the
+            average is what validation scores (``ema_*`` next to the raw weights' numbers), what the
+            checkpoint keeps beside the weights and what :func:`export_weights` writes (0.999: about the
+            last 1,000 steps; Adam at a constant rate leaves the raw weights noisy).
         init: weights (safetensors, :func:`~avatar_engine.models.base_model.load_model`) to start a new
             run from, at step ``init_step`` (e.g. ``warp_steps``: fine-tuning in the joint stage);
             ignored when the run folder has a checkpoint.
@@ -98,8 +103,11 @@ class TrainConfig:
     step: StepOptions = field(default_factory=StepOptions)
     init: str | None = None
     init_step: int = 0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.steps < 0 or self.warp_steps < 0 or self.batch_size < 1:
             raise ValueError("steps and warp_steps must be >= 0 and batch_size >= 1")
         if self.drivings < 1 or self.batch_size % self.drivings:
@@ -177,6 +185,7 @@ class _Trainer:
         self.fast = build_step(self.model, config.loss, config.optim,
                                self.disc if config.loss.uses_gan else None, config.step, dist_info.distributed)
         self.step = 0
+        self.ema: AveragedModel | None = None
         self.ckpt = Checkpoint(self.output / "checkpoint.pt", dist_info.is_main)
         self.ckpt_path = self.ckpt.path
         state = self.ckpt.load(dev)
@@ -185,27 +194,47 @@ class _Trainer:
             self.disc.load_state_dict(state["disc"])
             self.fast.load_state_dict(state)
             self.step = int(state["step"])
+            self.start_average(state.get("ema"))
             if dist_info.is_main:
                 log.info("resumed from %s at step %d", self.ckpt.path, self.step)
 
+    def start_average(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """The weight average (``TrainConfig.ema``), from the current weights or a checkpoint's ``ema``."""
+        if self.cfg.ema <= 0:
+            return
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema))
+        if state is not None:
+            self.ema.load_state_dict(state)
+
     def save_checkpoint(self) -> None:
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         self.ckpt.save({"model": self.model.state_dict(), "disc": self.disc.state_dict(), **self.fast.state_dict(),
-                        "step": self.step, "config": dataclasses.asdict(self.cfg)})
+                        **extra, "step": self.step, "config": dataclasses.asdict(self.cfg)})
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One step on a CPU batch (:class:`~avatar_engine.training.batches.PairBatches`, or stacked
-        :class:`MeshPairs` items); the stage follows ``warp_steps``."""
+        :class:`MeshPairs` items); the stage follows ``warp_steps``. The weight average (if on) follows."""
         b = to_device(batch, self.dist.device, self.cfg.model, self.fast.channels_last)
         parts = self.fast(b, full=self.step >= self.cfg.warp_steps)
         self.step += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return parts
+
+    def validate_all(self, pairs: MeshPairs) -> dict[str, float]:
+        """:meth:`validate` of the weights, and of their average (keys ``ema_*``; its PNG ``step_<N>_ema``)."""
+        out = self.validate(pairs)
+        if self.ema is not None:
+            out.update({f"ema_{k}": v for k, v in self.validate(pairs, self.ema.module, "_ema").items()})
+        return out
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
-    def validate(self, pairs: MeshPairs) -> dict[str, float]:
-        """Mean L1 / PSNR (in [0, 1] units) of the mesh warp, learned warp and refined output on fixed val
-        pairs; writes ``samples/step_<N>.png``."""
-        self.model.eval()
+    def validate(self, pairs: MeshPairs, model: NeuralAvatar | None = None, tag: str = "") -> dict[str, float]:
+        """Mean L1 / PSNR (in [0, 1] units) of the mesh warp, learned warp and refined output of ``model``
+        (default: the trained weights) on fixed val pairs; writes ``samples/step_<N><tag>.png``."""
+        model = model if model is not None else self.model
+        model.eval()
         dev = self.dist.device
         sums: dict[str, float] = {}
         rows = []
@@ -213,8 +242,8 @@ class _Trainer:
         for start in range(0, n, self.cfg.batch_size):
             items = [pairs[i] for i in range(start, min(start + self.cfg.batch_size, n))]
             b = to_device({k: torch.stack([it[k] for it in items]) for k in items[0]}, dev, self.cfg.model)
-            cache = self.model.encode_source(b["source"], b["source_points"], b["z_id"])
-            out = self.model(cache, b["driving_points"], b["mesh_grid"])
+            cache = model.encode_source(b["source"], b["source_points"], b["z_id"])
+            out = model(cache, b["driving_points"], b["mesh_grid"])
             mesh = torch.nn.functional.grid_sample(b["source"], b["mesh_grid"], mode="bilinear",
                                                    padding_mode="border", align_corners=False)
             gt = b["driving"]
@@ -227,11 +256,11 @@ class _Trainer:
                 if len(rows) < self.cfg.val_images:
                     rows.append(torch.cat([b["source"][k], gt[k], mesh[k], (out.warped[k] + 1) / 2,
                                            ((out.image[k] + 1) / 2).clamp(0, 1)], dim=2))
-        self.model.train()
+        model.train()
         if rows:
             sheet = (torch.cat(rows, dim=1).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
             (self.output / "samples").mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(self.output / "samples" / f"step_{self.step:06d}.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(self.output / "samples" / f"step_{self.step:06d}{tag}.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         return {k: v / max(n, 1) for k, v in sums.items()}
 
 
@@ -269,6 +298,8 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
         if not trainer.ckpt.exists() and config.init:
             trainer.model.load_state_dict(load_model(config.init).state_dict())
             trainer.step = config.init_step
+        if trainer.ema is None:
+            trainer.start_average()
         batches = PairBatches(load_prepared(cache, config.train_split, config.model.size), config.model,
                               config.batch_config())
         val_pairs = _val_pairs(config, Path(cache)) if dist_info.is_main else None
@@ -285,17 +316,25 @@ def train(config: TrainConfig, cache: str | Path, output: str | Path, steps: int
         result = run_steps(loader, trainer.train_step, start, config.steps, save, dist_info,
                            LoopPeriods(config.log_every, config.checkpoint_every, config.val_every),
                            RunLog(output / "loss_log.jsonl", dist_info.is_main),
-                           (lambda step: trainer.validate(val_pairs)) if val_pairs is not None else None, progress)
+                           (lambda step: trainer.validate_all(val_pairs)) if val_pairs is not None else None, progress)
         fingerprint = float(sum(p.detach().double().abs().sum() for p in trainer.model.parameters()))
         return TrainReport(result.step, result.steps_this_run, result.seconds, result.last_losses, result.last_val,
                            trainer.ckpt.path, fingerprint)
 
 
 def export_weights(checkpoint: str | Path, path: str | Path, half: bool = True,
-                   metadata: dict[str, str] | None = None) -> None:
-    """Write the renderer's safetensors file (fp16 by default) from a training checkpoint."""
+                   metadata: dict[str, str] | None = None, average: bool = True) -> None:
+    """Write the renderer's safetensors file (fp16 by default) from a training checkpoint: the weight
+    average where the run kept one (``TrainConfig.ema``) and ``average``, else the trained weights."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = config_from_dict(TrainConfig, state["config"])
     model = NeuralAvatar(config.model)
-    model.load_state_dict(state["model"])
-    save_weights(model, path, {"step": str(state["step"]), **(metadata or {})}, half=half)
+    averaged = average and "ema" in state
+    if averaged:
+        ema = AveragedModel(model)
+        ema.load_state_dict(state["ema"])
+        model = ema.module
+    else:
+        model.load_state_dict(state["model"])
+    save_weights(model, path, {"step": str(state["step"]), "weights": "ema" if averaged else "trained",
+                               **(metadata or {})}, half=half)

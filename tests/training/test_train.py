@@ -80,3 +80,35 @@ def test_ddp_world_size_two_and_resume(tiny_cache, tmp_path):
                            log_every=1), tiny_cache, out, device="cpu")
     assert report.steps == 4 and report.steps_this_run == 1
     assert (out / "samples" / "step_000004.png").is_file()
+
+
+def test_weight_average_is_kept_resumed_scored_and_exported(tiny_cache, tmp_path):
+    from safetensors import safe_open
+    from avatar_engine.training.trainer import export_weights
+
+    out = tmp_path / "run"
+    decay = 0.5
+    kw = dict(warp_steps=0, batch_size=1, num_workers=0, val_pairs=2, val_images=1, log_every=1, ema=decay,
+              loss=LossConfig(gan=0.0, feature_matching=0.0))
+    train(_config(steps=2, val_every=1000, checkpoint_every=1000, **kw), tiny_cache, out, device="cpu")
+    first = torch.load(out / "checkpoint.pt", weights_only=True)
+    name = next(k for k in first["model"] if k.endswith("head2.weight"))
+    w2, a2 = first["model"][name], first["ema"][f"module.{name}"]
+    assert int(first["ema"]["n_averaged"]) == 2
+    assert not torch.equal(a2, w2)  # an average, not a copy of the last weights
+    # resume: the average continues from the checkpoint's (one more EMA step towards the new weights)
+    train(_config(steps=3, val_every=3, checkpoint_every=1000, **kw), tiny_cache, out, device="cpu")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    w3, a3 = state["model"][name], state["ema"][f"module.{name}"]
+    torch.testing.assert_close(a3, decay * a2 + (1 - decay) * w3)
+    log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+    val = [r for r in log if r["kind"] == "val"][-1]
+    assert "ema_out_psnr" in val and "out_psnr" in val and val["ema_out_psnr"] != val["out_psnr"]
+    assert (out / "samples" / "step_000003_ema.png").is_file()
+    # export writes the average (fp16), or the trained weights when asked
+    for average, expected, tag in ((True, a3, "ema"), (False, w3, "trained")):
+        path = tmp_path / f"{tag}.safetensors"
+        export_weights(out / "checkpoint.pt", path, average=average)
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata()["weights"] == tag
+            torch.testing.assert_close(f.get_tensor(name).float(), expected.float(), atol=1e-3, rtol=1e-3)
