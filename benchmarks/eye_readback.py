@@ -29,8 +29,7 @@ from avatar_engine.eval.signals import eye_open, face_signals  # noqa: E402
 from avatar_engine.face import topology  # noqa: E402
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector  # noqa: E402
 from avatar_engine.face.source import SourceConfig, prepare_source  # noqa: E402
-from avatar_engine.geometry.eyes import EYES  # noqa: E402
-from avatar_engine.geometry.openings import opening_frame  # noqa: E402
+from avatar_engine.geometry.eyes import scale_lids  # noqa: E402
 from avatar_engine.renderers import create_renderer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,20 +39,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RATIOS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.2, 1.4)
 SHIFTS = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
 _IRISES = ((topology.RIGHT_IRIS_IDX, 33, 133), (topology.LEFT_IRIS_IDX, 263, 362))  # iris, corners
-
-
-def scaled_lids(points: np.ndarray, ratio: float) -> np.ndarray:
-    """``(478, 3)`` ``points`` with both eyes' lid landmarks (not the corners) moved to ``ratio`` times
-    their distance from the lid midline, along each eye's vertical axis."""
-    out = np.asarray(points, np.float32).copy()
-    for opening, _, _ in EYES:
-        frame = opening_frame(points, opening)
-        for chain in opening.chains():
-            inner = chain[1:-1]
-            u, v = frame.to_frame(points[inner, :2])
-            mid = 0.5 * (frame.upper(u) + frame.lower(u))
-            out[inner, :2] = frame.to_pixels(u, mid + (v - mid) * ratio).astype(np.float32)
-    return out
 
 
 def shifted_irises(points: np.ndarray, shift: float) -> np.ndarray:
@@ -99,7 +84,7 @@ def main() -> None:
             source = prepare_source(args.data / row["path"], SourceConfig(size=256))
             base = read(detector, source.crop_image)
             for name, r in renderers.items():
-                curves[name].append([read(detector, r.render(source, scaled_lids(source.landmarks, k)))["open"]
+                curves[name].append([read(detector, r.render(source, scale_lids(source.landmarks, k)))["open"]
                                      / base["open"] for k in RATIOS])
                 gazes[name].append([read(detector, r.render(source, shifted_irises(source.landmarks, d)))["gaze"]
                                     - base["gaze"] for d in SHIFTS])

@@ -18,6 +18,7 @@ Everything is in crop pixels of the source crop / rendered crop (same size ``S``
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -26,7 +27,7 @@ import numpy as np
 from avatar_engine.face import topology
 from avatar_engine.geometry.openings import Opening, OpeningFrame, opening_frame, patch_around
 
-__all__ = ["EyeLayerConfig", "EyeLayer", "EYES"]
+__all__ = ["EyeLayerConfig", "EyeLayer", "EYES", "scale_lids"]
 
 EYES: tuple[tuple[Opening, int, tuple[int, ...]], ...] = (
     (Opening(tuple(int(i) for i in topology.RIGHT_EYE_LOOP), 33, 133), topology.RIGHT_IRIS_CENTER, (469, 470, 471, 472)),
@@ -279,6 +280,24 @@ class EyeLayer:
         block = low_a * lower + (1.0 - low_a) * block
         block = ball_a * ball + (1.0 - ball_a) * block
         out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(block + 0.5, 0, 255).astype(np.uint8)
+
+
+def scale_lids(points: np.ndarray, ratios: float | Sequence[float]) -> np.ndarray:
+    """``(478, 2|3)`` ``points`` with each eye's lid landmarks (not the corners) moved to ``ratio`` times
+    their distance from the lid midline, along the eye's vertical axis (the lid gap times ``ratio``).
+
+    ``ratios``: one for both eyes, or one per eye in :data:`EYES` order (right eye, 33-133, first).
+    Returns ``float32`` landmarks of the same shape."""
+    per_eye = np.broadcast_to(np.asarray(ratios, np.float64), (len(EYES),))
+    out = np.asarray(points, np.float32).copy()
+    for (opening, _, _), ratio in zip(EYES, per_eye):
+        frame = opening_frame(points, opening)
+        for chain in opening.chains():
+            inner = list(chain[1:-1])
+            u, v = frame.to_frame(out[inner, :2])
+            mid = 0.5 * (frame.upper(u) + frame.lower(u))
+            out[inner, :2] = frame.to_pixels(u, mid + (v - mid) * ratio).astype(np.float32)
+    return out
 
 
 def retarget_lids(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,

@@ -12,6 +12,15 @@ with speed the median landmark speed to the neighbouring face frames (face sizes
 opening the inner-lip gap in inter-ocular distances and eye deviation how far the two eyes' lid gaps
 are from their median over the window (relative, mean of both eyes: a wide-eyed or blinking frame is
 not the driver's resting eye).
+
+A single frame of someone who talks is rarely at rest above the mouth: brows and lids move with the
+speech, and the avatar shows every departure from the neutral's brows and lids, all clip long. So the
+neutral's brows and lids are the driver's *typical* ones (:func:`with_typical_brows_and_lids`) over
+the first ``typical_s`` seconds: each brow moved to its median height above the eye corners, each
+eye's lid gap scaled to its median; pose, mouth, irises and the rest of the face are the chosen
+frame's. On the quick-start driver (C077, who raises her brows as she starts talking) the chosen
+frame's brows were 0.043 inter-ocular distances above her median over the clip (the median of the
+first 3 s: 0.025), and the avatar frowned whenever she did not.
 """
 from __future__ import annotations
 
@@ -22,9 +31,12 @@ import numpy as np
 
 from avatar_engine.errors import NoFaceError
 from avatar_engine.face.landmarks import face_bbox
+from avatar_engine.face import topology
 from avatar_engine.geometry.head_pose import HeadPose, head_pose, neutral_pose_problem
+from avatar_engine.geometry.eyes import scale_lids
 
-__all__ = ["NeutralChoice", "choose_neutral_frame", "neutral_at", "mouth_opening", "eye_openings"]
+__all__ = ["NeutralChoice", "choose_neutral_frame", "neutral_at", "with_typical_brows_and_lids", "mouth_opening",
+           "eye_openings", "brow_heights", "TYPICAL_S"]
 
 SPEED_WEIGHT = 10.0
 """Cost of 1 face size per second of landmark speed, in degrees of pose deviation."""
@@ -44,7 +56,10 @@ the neutral chosen without this term had eyes 1.08 / 1.24x their median, and the
 half shut whenever she talked; with it 0.94 / 0.98x (P029's C054: 1.24 / 1.23x -> 1.09 / 0.99x)."""
 PITCH_WEIGHT = 0.5
 """Pitch counts half (it is the least accurate angle, see :mod:`avatar_engine.geometry.head_pose`)."""
+TYPICAL_S = 10.0
+"""Seconds (from the first face frame) over which the driver's typical brows and lids are taken."""
 _UPPER_LIP, _LOWER_LIP = 13, 14
+_BROWS = (np.asarray(topology.RIGHT_BROW_IDX), np.asarray(topology.LEFT_BROW_IDX))
 _OUTER_EYE_CORNERS = (33, 263)
 _LID_PAIRS = ((159, 145), (386, 374))  # upper / lower lid midpoints of each eye
 
@@ -56,7 +71,8 @@ class NeutralChoice:
     Attributes:
         index: frame index (0-based) in the video.
         time: its timestamp, seconds.
-        points: ``(478, 3) float32`` its landmarks (driving-frame pixels).
+        points: ``(478, 3) float32`` the neutral landmarks (driving-frame pixels): that frame's, with
+            the typical brows and lids where :func:`choose_neutral_frame` chose it.
         pose: its head pose.
         problem: None when it is a good neutral, else a hint (the face is turned: see
             :func:`~avatar_engine.geometry.head_pose.neutral_pose_problem`).
@@ -88,7 +104,7 @@ def _speed(points: Sequence[np.ndarray | None], times: Sequence[float], i: int) 
 
 
 def _iod(points: np.ndarray) -> float:
-    return max(float(np.linalg.norm(points[_OUTER_EYE_CORNERS[0], :2] - points[_OUTER_EYE_CORNERS[1], :2])), 1e-6)
+    return _face_axes(points)[2]
 
 
 def mouth_opening(points: np.ndarray) -> float:
@@ -101,20 +117,65 @@ def eye_openings(points: np.ndarray) -> np.ndarray:
     return np.array([np.linalg.norm(points[a, :2] - points[b, :2]) for a, b in _LID_PAIRS]) / _iod(points)
 
 
-def _choice(points: Sequence[np.ndarray | None], times: Sequence[float], i: int) -> NeutralChoice:
-    pts = np.asarray(points[i], np.float32)
-    return NeutralChoice(i, float(times[i]), pts, head_pose(pts), neutral_pose_problem(pts))
+def _choice(points: Sequence[np.ndarray | None], times: Sequence[float], i: int,
+            neutral: np.ndarray | None = None) -> NeutralChoice:
+    pts = np.asarray(points[i] if neutral is None else neutral, np.float32)
+    frame = np.asarray(points[i], np.float32)
+    return NeutralChoice(i, float(times[i]), pts, head_pose(frame), neutral_pose_problem(frame))
+
+
+def _face_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Outer-eye-corner axis ``u``, its perpendicular ``n`` (down the upright face) and the IOD."""
+    axis = points[_OUTER_EYE_CORNERS[1], :2] - points[_OUTER_EYE_CORNERS[0], :2]
+    iod = max(float(np.linalg.norm(axis)), 1e-6)
+    u = axis / iod
+    return u, np.array([-u[1], u[0]]), iod
+
+
+def brow_heights(points: np.ndarray) -> np.ndarray:
+    """``(2,)`` height of each brow (right, left: mean of its landmarks) above the outer-eye-corner line,
+    in inter-ocular distances."""
+    _, n, iod = _face_axes(points)
+    corner = points[_OUTER_EYE_CORNERS[0], :2]
+    return np.array([-np.mean((points[idx, :2] - corner) @ n) for idx in _BROWS]) / iod
+
+
+def with_typical_brows_and_lids(neutral: np.ndarray, frames: Sequence[np.ndarray]) -> np.ndarray:
+    """``neutral`` with the typical brows and lids of ``frames``: each brow moved along the face's vertical
+    axis to its median :func:`brow_heights` over ``frames``, each eye's lid gap scaled
+    (:func:`~avatar_engine.geometry.eyes.scale_lids`) to its median :func:`eye_openings` (blinks and
+    glances are outvoted while they are fewer than half the frames). Heights and gaps are measured in
+    the image, in inter-ocular distances, as eval measures them.
+
+    Args:
+        neutral: ``(478, 3)`` the chosen frame's landmarks.
+        frames: ``(478, 3)`` landmarks of the frames that make the typical ones.
+    Returns:
+        ``(478, 3) float32``.
+    """
+    out = np.asarray(neutral, np.float32).copy()
+    if not frames:
+        return out
+    _, n, iod = _face_axes(out)
+    lift = np.median(np.stack([brow_heights(f) for f in frames]), axis=0) - brow_heights(out)
+    for idx, dh in zip(_BROWS, lift):
+        out[idx, :2] -= (dh * iod * n).astype(np.float32)
+    gaps = np.median(np.stack([eye_openings(f) for f in frames]), axis=0)
+    return scale_lids(out, gaps / np.maximum(eye_openings(out), 1e-6))
 
 
 def choose_neutral_frame(times: Sequence[float], points: Sequence[np.ndarray | None],
-                         window_s: float = 3.0) -> NeutralChoice:
-    """The most frontal, still, mouth-closed face frame of the first ``window_s`` seconds.
+                         window_s: float = 3.0, typical_s: float = TYPICAL_S) -> NeutralChoice:
+    """The most frontal, still, mouth-closed face frame of the first ``window_s`` seconds, with the
+    typical brows and lids of the first ``typical_s`` seconds (:func:`with_typical_brows_and_lids`).
 
     Args:
         times: per-frame timestamps in seconds (increasing).
         points: per-frame ``(478, 3)`` driving landmarks (as the pipeline's tracking detector gives
             them), None for frames without a face.
         window_s: seconds after the first face frame to choose from.
+        typical_s: seconds after the first face frame whose brows and lids make the typical ones
+            (those given; 0: the chosen frame's own).
     Raises:
         NoFaceError: no frame has a face.
     """
@@ -133,7 +194,8 @@ def choose_neutral_frame(times: Sequence[float], points: Sequence[np.ndarray | N
                 + EYE_WEIGHT * float(np.mean(np.abs(eye / typical - 1.0))))
         if cost < best_cost:
             best, best_cost = i, cost
-    return _choice(points, times, best)
+    rest = [points[i] for i in faces if times[i] - start <= typical_s] if typical_s > 0 else []
+    return _choice(points, times, best, with_typical_brows_and_lids(points[best], rest))
 
 
 def neutral_at(times: Sequence[float], points: Sequence[np.ndarray | None], index: int) -> NeutralChoice:

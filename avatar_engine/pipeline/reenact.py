@@ -115,9 +115,12 @@ class Reenactor:
         source: prepared source portrait.
         renderer: any :class:`~avatar_engine.renderers.base.Renderer`.
         config: pipeline options.
+        detector: the driving landmark tracker (anything with ``detect(rgb, t)`` and ``close()``; closed
+            with the reenactor); None builds a tracking :class:`LandmarkDetector` from ``config.landmarks``.
     """
 
-    def __init__(self, source: SourceFace, renderer: Renderer, config: ReenactConfig | None = None):
+    def __init__(self, source: SourceFace, renderer: Renderer, config: ReenactConfig | None = None,
+                 detector: LandmarkDetector | None = None):
         self.config = config or ReenactConfig()
         self.source = source
         self.renderer = renderer
@@ -127,7 +130,7 @@ class Reenactor:
             self.super_resolver = SuperResolver(config=self.config.super_resolution, device=renderer.device,
                                                 backend=renderer.backend)
             self.render_source = downscale_source(source, self.super_resolver.input_size)
-        self.detector = LandmarkDetector(self.config.landmarks, static=False)
+        self.detector = detector if detector is not None else LandmarkDetector(self.config.landmarks, static=False)
         self.retargeter = MotionRetargeter(self.render_source.landmarks, self.config.retarget,
                                            crop_size=self.render_source.size)
         self._shown = self.render_source.landmarks.copy()

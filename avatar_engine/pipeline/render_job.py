@@ -10,13 +10,13 @@ from tqdm import tqdm
 
 from avatar_engine.errors import NoFaceError
 from avatar_engine.face.landmarks import LandmarkDetector
-from avatar_engine.pipeline.neutral import NeutralChoice, choose_neutral_frame, neutral_at
+from avatar_engine.pipeline.neutral import TYPICAL_S, NeutralChoice, choose_neutral_frame, neutral_at
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
 from avatar_engine.renderers import DEFAULT_RENDERER, create_renderer
 from avatar_engine.face.source import SourceConfig, prepare_source
 from avatar_engine.io.video import VideoWriter, iter_frames, probe_video
 
-__all__ = ["RenderJobConfig", "RenderReport", "choose_neutral", "render_video"]
+__all__ = ["RenderJobConfig", "RenderReport", "TrackedStart", "track_start", "choose_neutral", "render_video"]
 
 log = logging.getLogger("avatar_engine")
 
@@ -34,7 +34,8 @@ class RenderJobConfig:
         renderer_options: keyword arguments of ``create_renderer`` (e.g. ``weights``: a profile's weights).
         neutral_frame: the driving frame (0-based) whose face is the neutral pose; None = the most
             frontal, still frame of the first ``neutral_window_s`` seconds with a face
-            (:func:`~avatar_engine.pipeline.neutral.choose_neutral_frame`).
+            (:func:`~avatar_engine.pipeline.neutral.choose_neutral_frame`), with the typical brows and
+            lids of the first ``neutral_typical_s`` seconds.
     """
 
     source: Path
@@ -49,6 +50,7 @@ class RenderJobConfig:
     progress: bool = True
     neutral_frame: int | None = None
     neutral_window_s: float = 3.0
+    neutral_typical_s: float = TYPICAL_S
     reenact: ReenactConfig = field(default_factory=ReenactConfig)
     renderer_options: dict = field(default_factory=dict)
 
@@ -69,16 +71,43 @@ class RenderReport:
     neutral: NeutralChoice
 
 
-def choose_neutral(cfg: RenderJobConfig) -> NeutralChoice:
+class TrackedStart:
+    """The driving tracker after :func:`track_start`: the landmarks it already gave for the first frames,
+    replayed in order, then the same tracker, which goes on from where it stopped (so the render pass
+    tracks exactly as one uninterrupted pass would, without tracking the start twice).
+
+    Args:
+        points: per-frame landmarks of the frames already tracked (None: no face).
+        detector: the tracking detector that gave them, positioned after the last one.
+    """
+
+    def __init__(self, points: list, detector: LandmarkDetector):
+        self._points, self._next, self.detector = points, 0, detector
+
+    def detect(self, rgb, timestamp: float | None = None):
+        """The next frame's landmarks (see :meth:`LandmarkDetector.detect`)."""
+        if self._next < len(self._points):
+            self._next += 1
+            return self._points[self._next - 1]
+        return self.detector.detect(rgb, timestamp)
+
+    def close(self) -> None:
+        self.detector.close()
+
+
+def track_start(cfg: RenderJobConfig) -> tuple[NeutralChoice, TrackedStart]:
     """Track the start of the driving video as the pipeline will, and take its neutral frame.
 
+    Returns the choice and the tracker to render with (the caller closes it).
     Raises:
         NoFaceError: no face in the frames looked at, or in ``cfg.neutral_frame``.
     """
     times: list[float] = []
     points = []
     first_face_t = None
-    with LandmarkDetector(cfg.reenact.landmarks, static=False) as detector:
+    detector = LandmarkDetector(cfg.reenact.landmarks, static=False)
+    tracked = TrackedStart(points, detector)
+    try:
         for i, (rgb, t) in enumerate(iter_frames(cfg.driving)):
             pts = detector.detect(rgb, t)
             times.append(t)
@@ -88,14 +117,28 @@ def choose_neutral(cfg: RenderJobConfig) -> NeutralChoice:
             if cfg.neutral_frame is not None:
                 if i >= cfg.neutral_frame:
                     break
-            elif first_face_t is not None and t - first_face_t > cfg.neutral_window_s:
+            elif first_face_t is not None and t - first_face_t > max(cfg.neutral_window_s, cfg.neutral_typical_s):
                 break
-    if cfg.neutral_frame is not None:
-        return neutral_at(times, points, cfg.neutral_frame)
-    try:
-        return choose_neutral_frame(times, points, cfg.neutral_window_s)
-    except NoFaceError:
-        raise NoFaceError(f"no face found in any frame of the driving video {cfg.driving}") from None
+        if cfg.neutral_frame is not None:
+            return neutral_at(times, points, cfg.neutral_frame), tracked
+        try:
+            return choose_neutral_frame(times, points, cfg.neutral_window_s, cfg.neutral_typical_s), tracked
+        except NoFaceError:
+            raise NoFaceError(f"no face found in any frame of the driving video {cfg.driving}") from None
+    except BaseException:
+        tracked.close()
+        raise
+
+
+def choose_neutral(cfg: RenderJobConfig) -> NeutralChoice:
+    """The neutral frame of :func:`track_start` alone.
+
+    Raises:
+        NoFaceError: no face in the frames looked at, or in ``cfg.neutral_frame``.
+    """
+    choice, tracked = track_start(cfg)
+    tracked.close()
+    return choice
 
 
 def render_video(cfg: RenderJobConfig) -> RenderReport:
@@ -111,7 +154,7 @@ def render_video(cfg: RenderJobConfig) -> RenderReport:
     total = info.frames if cfg.max_frames is None else min(info.frames, cfg.max_frames)
     out_h, out_w = source.image.shape[:2] if cfg.reenact.paste_back else (cfg.size, cfg.size)
     audio_from = cfg.driving if (cfg.audio and info.has_audio) else None
-    neutral = choose_neutral(cfg)
+    neutral, tracked = track_start(cfg)
     if neutral.problem and cfg.neutral_frame is None:
         log.warning("no frontal face in the first %.0f s of the driving video; the neutral is the best one, %s: "
                     "the avatar turns as the driver is turned (pass --neutral-frame N to choose the neutral frame)",
@@ -119,7 +162,7 @@ def render_video(cfg: RenderJobConfig) -> RenderReport:
     else:
         log.info("neutral pose: %s", neutral.describe())
     frames = no_face = 0
-    with Reenactor(source, renderer, cfg.reenact) as reenactor, \
+    with Reenactor(source, renderer, cfg.reenact, detector=tracked) as reenactor, \
             VideoWriter(cfg.output, info.fps, (out_w, out_h), audio_from=audio_from) as writer, \
             tqdm(total=total, unit="frame", desc="render", disable=not cfg.progress, leave=False) as bar:
         reenactor.set_neutral(neutral.points)

@@ -8,7 +8,7 @@ from avatar_engine.eval import signals as sig
 from avatar_engine.face import topology
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.face.source import SourceConfig, prepare_source
-from avatar_engine.geometry.eyes import EYES, EyeLayer, EyeLayerConfig, retarget_lids
+from avatar_engine.geometry.eyes import EYES, EyeLayer, EyeLayerConfig, retarget_lids, scale_lids
 from avatar_engine.geometry.face_layers import FaceLayers, FaceLayersConfig
 from avatar_engine.geometry.mouth import MOUTH, MouthLayer
 from avatar_engine.geometry.openings import Opening, opening_frame, patch_around
@@ -191,6 +191,18 @@ def test_lid_ratio_retargeting():
             expected = ratio * opening_frame(big, opening).gap()
             assert opening_frame(out, opening).gap() == pytest.approx(expected, abs=1e-4)
     np.testing.assert_array_equal(out[:, 2], big[:, 2])
+
+
+def test_scale_lids_per_eye(source):
+    """Each eye's lid gap times its own ratio; corners, irises and the rest of the face stay."""
+    p = source.landmarks
+    out = scale_lids(p, (0.5, 1.3))
+    for (opening, _, _), ratio in zip(EYES, (0.5, 1.3)):
+        assert opening_frame(out, opening).gap() == pytest.approx(ratio * opening_frame(p, opening).gap(), rel=0.02)
+    lids = np.concatenate([np.asarray(c[1:-1]) for opening, _, _ in EYES for c in opening.chains()])
+    rest = np.setdiff1d(np.arange(len(p)), lids)
+    np.testing.assert_array_equal(out[rest], p[rest])
+    np.testing.assert_allclose(scale_lids(p, 1.0), p, atol=1e-4)
 
 
 def test_renderers_draw_layers_unless_off(source):

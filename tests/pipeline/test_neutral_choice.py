@@ -11,8 +11,11 @@ from avatar_engine.cli import main
 from avatar_engine.errors import NoFaceError
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.io.video import iter_frames
-from avatar_engine.pipeline.neutral import choose_neutral_frame, eye_openings, mouth_opening, neutral_at
-from avatar_engine.pipeline.render_job import RenderJobConfig, choose_neutral
+from avatar_engine.eval.signals import face_signals
+from avatar_engine.face import topology
+from avatar_engine.pipeline.neutral import (TYPICAL_S, choose_neutral_frame, eye_openings, mouth_opening, neutral_at,
+                                            with_typical_brows_and_lids)
+from avatar_engine.pipeline.render_job import RenderJobConfig, choose_neutral, track_start
 
 CLIP = "clips/val/P004/C021.mp4"
 PHOTO = "images/val/P152/I036.png"
@@ -27,6 +30,15 @@ def tracked(data_dir):
             times.append(t)
             points.append(det.detect(rgb, t))
     assert all(p is not None for p in points)
+    return times, points
+
+
+def _track(path, max_frames):
+    times, points = [], []
+    with LandmarkDetector(LandmarkConfig(), static=False) as det:
+        for rgb, t in iter_frames(path, max_frames=max_frames):
+            times.append(t)
+            points.append(det.detect(rgb, t))
     return times, points
 
 
@@ -70,10 +82,58 @@ def test_a_talking_start_gets_a_closed_mouth_and_resting_eyes(data_dir, tmp_path
     choice = choose_neutral(cfg)
     assert mouth_opening(choice.points) < 0.03
     assert choice.problem is None
-    with LandmarkDetector(LandmarkConfig(), static=False) as det:
-        eyes = [eye_openings(det.detect(rgb, t)) for rgb, t in iter_frames(cfg.driving, max_frames=91)]
-    ratio = eye_openings(choice.points) / np.median(np.array(eyes), axis=0)
-    assert np.all(np.abs(ratio - 1.0) < 0.1), ratio
+    times, points = _track(cfg.driving, None)
+    typical = [p for t, p in zip(times, points) if p is not None and t <= TYPICAL_S]
+    ratio = eye_openings(choice.points) / np.median(np.array([eye_openings(p) for p in typical]), axis=0)
+    assert np.all(np.abs(ratio - 1.0) < 0.02), ratio
+    # her brows: the chosen frame's are raised (0.04 IOD above her median over the clip), the neutral's
+    # are her typical ones; with the frame's own brows the avatar frowned all along
+    brows = np.median([_brow(p) for p in points if p is not None])
+    frame_points = choose_neutral_frame(times, points, typical_s=0.0).points
+    assert _brow(frame_points) - brows > 0.03
+    assert abs(_brow(choice.points) - brows) < 0.015
+
+
+def _brow(points: np.ndarray) -> float:
+    return face_signals(points)["brow_height"]
+
+
+def test_the_neutral_takes_the_typical_brows_and_lids_not_the_chosen_frames(tracked):
+    """Every frame but one has brows 0.05 IOD lower than the tracked ones: wherever the choice falls, the
+    neutral's brows are the typical (lowered) ones, and its mouth, irises and pose are the chosen frame's."""
+    times, points = tracked
+    brows = np.concatenate([topology.LEFT_BROW_IDX, topology.RIGHT_BROW_IDX])
+    iod = float(np.linalg.norm(points[0][263, :2] - points[0][33, :2]))
+    lowered = []
+    for p in points:
+        q = p.copy()
+        q[brows, 1] += 0.05 * iod
+        lowered.append(q)
+    frame = choose_neutral_frame(times, points, typical_s=0.0).index
+    driving = [p if i == frame else q for i, (p, q) in enumerate(zip(points, lowered))]
+    choice = choose_neutral_frame(times, driving)
+    chosen = driving[choice.index]
+    typical = np.median([_brow(q) for q in lowered])
+    assert abs(_brow(choice.points) - typical) < 0.005
+    if choice.index == frame:  # the raised frame was chosen: its brows did not come along
+        assert _brow(chosen) - typical > 0.045
+    keep = np.setdiff1d(np.arange(len(chosen)), np.concatenate(
+        [brows, topology.LEFT_EYE_IDX, topology.RIGHT_EYE_IDX]))
+    np.testing.assert_array_equal(choice.points[keep], chosen[keep])
+    # frames past typical_s do not count; with typical_s 0 the neutral is the frame itself
+    only_first = choose_neutral_frame(times, driving, window_s=0.0, typical_s=0.0)
+    np.testing.assert_array_equal(only_first.points, driving[only_first.index])
+
+
+def test_typical_brows_follow_the_head_not_the_image(tracked):
+    """Frames of the same face moved and scaled in the image give the chosen frame's own brows back."""
+    _, points = tracked
+    p = points[5]
+    centre = p.mean(0)
+    moved = [((p - centre) * s + centre + np.array([dx, dy, 0.0])).astype(np.float32)
+             for s, dx, dy in ((1.0, 0, 0), (1.1, 12, -5), (0.9, -8, 9), (1.05, 3, 14))]
+    out = with_typical_brows_and_lids(p, moved)
+    np.testing.assert_allclose(out, p, atol=1e-3)
 
 
 def test_neutral_at(tracked):
@@ -102,3 +162,21 @@ def test_bad_neutral_frame_is_a_one_line_error(data_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "o.mp4").exists()
+
+
+def test_the_render_pass_goes_on_with_the_neutral_pass_tracker(data_dir, tmp_path):
+    """The start of the clip is tracked once: the render pass gets the same landmarks, frame for frame,
+    as one uninterrupted tracking pass over the whole clip."""
+    cfg = RenderJobConfig(source=data_dir / PHOTO, driving=data_dir / CLIP, output=tmp_path / "o.mp4",
+                          neutral_window_s=0.5, neutral_typical_s=1.0)
+    choice, tracked = track_start(cfg)
+    try:
+        replayed = [tracked.detect(rgb, t) for rgb, t in iter_frames(cfg.driving)]
+    finally:
+        tracked.close()
+    _, fresh = _track(cfg.driving, None)
+    assert 1.0 * 20 < len(tracked._points) < len(fresh)  # it stopped tracking after about a second
+    assert len(replayed) == len(fresh)
+    for a, b in zip(replayed, fresh):
+        np.testing.assert_array_equal(a, b)
+    assert choice.index < len(tracked._points)
