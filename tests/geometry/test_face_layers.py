@@ -154,6 +154,24 @@ def test_closed_lids_read_as_closed(source, detector):
         assert shut[eye] < 0.5 * opened[eye], (eye, shut[eye], opened[eye])
 
 
+def test_closed_lids_have_the_skin_colour_not_the_crease(data_dir):
+    """A blink on a source with deep-set eyes (P029): the drawn lids are within 45 levels of the cheek's
+    mean colour below the eye (with the crease-and-lash colour of session 11 they were 57-59 darker)."""
+    rgb, _ = next(iter(iter_frames(data_dir / "clips/val/P029/C054.mp4", 1)))
+    src = prepare_source(rgb, SourceConfig(size=256, max_side=max(rgb.shape[:2])))
+    p = src.landmarks
+    out = _render(src, _closed(p), True).astype(np.float64)
+    ys, xs = np.mgrid[0:256, 0:256]
+    xy = np.stack([xs + 0.5, ys + 0.5], -1)
+    for opening, _, _ in EYES:
+        f = opening_frame(p, opening)
+        u, v = f.to_frame(xy)
+        lid = (np.abs(u) < 0.3) & (v > f.upper(u)) & (v < 0.5 * (f.upper(u) + f.lower(u)))
+        cheek = (np.abs(u) < 0.3) & (v > f.lower(u) + 0.15) & (v < f.lower(u) + 0.4)
+        assert lid.sum() > 20 and cheek.sum() > 20
+        assert abs(out[lid].mean() - src.crop_image[cheek].astype(np.float64).mean()) < 45
+
+
 def test_an_opening_mouth_shows_teeth(source, detector):
     p = source.landmarks
     layer = MouthLayer(source.crop_image, p)
