@@ -43,6 +43,7 @@ from avatar_engine.geometry.head_pose import head_pose
 __all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "soft_limit", "MotionRetargeter"]
 
 _BROWS = np.concatenate([topology.LEFT_BROW_IDX, topology.RIGHT_BROW_IDX]).astype(np.int64)
+_BROW_SIDES = (np.asarray(topology.LEFT_BROW_IDX, np.int64), np.asarray(topology.RIGHT_BROW_IDX, np.int64))
 
 
 @dataclass
@@ -76,6 +77,11 @@ class RetargetConfig:
         brow_gain: the brow landmarks' expression change is multiplied by this (the warp moves the
             brows less than their landmarks, as mediapipe reads the output; 6 val clips, mesh: brow-height
             amplitude 0.87 at 1.0, 0.97 at 1.3, correlation 0.91 both).
+        brow_limit: ``(knee, limit)``: each brow's mean displacement (after ``brow_gain``) is eased from
+            ``knee`` towards ``limit`` inter-ocular distances of the neutral (:func:`soft_limit`); None =
+            unlimited. A brow raised further than that stretches the mesh between brow and lid over the
+            brow's own hair: on a val driver who raises his brows up to 0.15 IOD (C054) the avatar grew a
+            dark band from brow to lid (``reports/quick_start/brow_limit_s12.jpg``).
     """
 
     expression_scale: float = 1.0
@@ -94,6 +100,7 @@ class RetargetConfig:
     lid_ratio: bool = True
     lid_gain: float = 1.5
     brow_gain: float = 1.3
+    brow_limit: tuple[float, float] | None = (0.05, 0.08)
 
     def __post_init__(self) -> None:
         for soft, hard in (("soft_rotation_deg", "max_rotation_deg"), ("soft_translation", "max_translation"),
@@ -302,6 +309,15 @@ class MotionRetargeter:
             raise RuntimeError("set_neutral() first")
         return fit_similarity(self._neutral[self.rigid], np.asarray(driver_points, np.float32)[self.rigid])
 
+    def _limit_brows(self, expression: np.ndarray, knee: float, limit: float) -> None:
+        """Ease each brow's mean displacement in ``expression (478, 3)`` (in place) into ``limit``
+        inter-ocular distances of the neutral (:func:`soft_limit` from ``knee``)."""
+        iod = max(float(np.linalg.norm(self._neutral[263, :2] - self._neutral[33, :2])), 1e-6)
+        for idx in _BROW_SIDES:
+            size = float(np.linalg.norm(expression[idx, :2].mean(0))) / iod
+            if size > knee:
+                expression[idx] *= soft_limit(size, knee, limit) / size
+
     def __call__(self, driver_points: np.ndarray) -> np.ndarray:
         """Target landmarks for the source face.
 
@@ -319,6 +335,8 @@ class MotionRetargeter:
         expression = motion.inverse().apply(pts) - self._neutral
         if cfg.brow_gain != 1.0:
             expression[_BROWS] *= cfg.brow_gain
+        if cfg.brow_limit is not None:
+            self._limit_brows(expression, *cfg.brow_limit)
         b = self._to_source
         fade_from, fade_to = cfg.expression_fade_deg
         turn = min(max((_rotation_angle_deg(motion.rotation) - fade_from) / max(fade_to - fade_from, 1e-6), 0.0), 1.0)

@@ -152,10 +152,41 @@ def test_brow_gain_scales_the_brows_expression_only(driver):
     rest = np.setdiff1d(np.arange(source.shape[0]), brows)
     out = {}
     for gain in (1.0, 2.0):
-        r = MotionRetargeter(source, RetargetConfig(pose=False, translation=False, crop_margin=None, brow_gain=gain))
+        r = MotionRetargeter(source, RetargetConfig(pose=False, translation=False, crop_margin=None, brow_gain=gain,
+                                                    brow_limit=None))
         r.set_neutral(neutral)
         out[gain] = np.stack([r(d) for d in driver])
     moved = out[1.0][:, brows, :2] - source[brows, :2]
     assert np.abs(moved).max() > 0.3  # the clip moves its brows
     np.testing.assert_allclose(out[2.0][:, brows, :2] - source[brows, :2], 2.0 * moved, atol=1e-3)
     np.testing.assert_allclose(out[2.0][:, rest], out[1.0][:, rest], atol=1e-4)
+
+
+def test_brow_limit_eases_big_brow_raises_only(driver):
+    """A brow raised far (0.3 IOD) is eased into the limit (inter-ocular distances of the neutral); the
+    clip's own brow motion, under the knee, passes unchanged; nothing else moves."""
+    neutral = driver[0]
+    crop = crop_from_landmarks(neutral, CropConfig(size=256))
+    source = crop.to_crop(neutral)
+    iod = float(np.linalg.norm(neutral[263, :2] - neutral[33, :2]))
+    knee, limit = 0.05, 0.08
+    cfg = dict(pose=False, translation=False, crop_margin=None, brow_gain=1.0, lid_gain=1.0)
+    free = MotionRetargeter(source, RetargetConfig(**cfg, brow_limit=None))
+    held = MotionRetargeter(source, RetargetConfig(**cfg, brow_limit=(knee, limit)))
+    for r in (free, held):
+        r.set_neutral(neutral)
+    raised = neutral.copy()
+    raised[topology.LEFT_BROW_IDX, 1] -= 0.3 * iod
+    scale = float(np.linalg.norm(source[263, :2] - source[33, :2])) / iod  # crop px per driver px
+    for side in (topology.LEFT_BROW_IDX, topology.RIGHT_BROW_IDX):
+        lift = np.linalg.norm((held(raised)[side, :2] - source[side, :2]).mean(0)) / (iod * scale)
+        assert lift < limit + 1e-4
+    left = np.linalg.norm((held(raised)[topology.LEFT_BROW_IDX, :2] - source[topology.LEFT_BROW_IDX, :2]).mean(0))
+    assert left / (iod * scale) > knee  # eased, not cut to the knee
+    brows = np.concatenate([topology.LEFT_BROW_IDX, topology.RIGHT_BROW_IDX])
+    rest = np.setdiff1d(np.arange(source.shape[0]), brows)
+    np.testing.assert_allclose(held(raised)[rest], free(raised)[rest], atol=1e-4)
+    for d in driver:  # a talking clip's brows (under the knee here) are left alone
+        small = np.linalg.norm((free(d)[brows, :2] - source[brows, :2]).reshape(2, -1, 2).mean(1), axis=1).max()
+        if small / (iod * scale) < knee:
+            np.testing.assert_allclose(held(d), free(d), atol=1e-4)
