@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.ndimage import median_filter
 
 from avatar_engine.face import topology
 from avatar_engine.geometry.openings import Opening, OpeningFrame, opening_frame, patch_around
@@ -145,23 +146,19 @@ class _SourceEye:
             self._textures(image)
         u = np.linspace(-0.5, 0.5, 25)
         self.lid_u = u
-        self.smooth = int(config.lid_smooth)
         self.upper_colour = self._band(image, u, self.frame.upper(u), -np.asarray(config.lid_band),
-                                       config.lid_percentile)
-        self.lower_colour = self._band(image, u, self.frame.lower(u), np.asarray(config.lower_lid_band), 50.0)
+                                       config.lid_percentile, config.lid_smooth)
+        self.lower_colour = self._band(image, u, self.frame.lower(u), np.asarray(config.lower_lid_band), 50.0,
+                                       config.lid_smooth)
 
-    def _band(self, image: np.ndarray, u: np.ndarray, v: np.ndarray, band: np.ndarray, percentile: float) -> np.ndarray:
+    def _band(self, image: np.ndarray, u: np.ndarray, v: np.ndarray, band: np.ndarray, percentile: float,
+              smooth: int) -> np.ndarray:
         """``(len(u), 3)`` colour per column over ``v + band`` (7 samples): the sample at ``percentile`` of
-        their brightness."""
+        their brightness, then the running median over ``smooth`` columns (edges repeated)."""
         offsets = np.linspace(band[0], band[1], 7)
         samples = _sample(image, self.frame.to_pixels(u[:, None].repeat(7, 1), v[:, None] + offsets[None]))
         rank = np.argsort(samples.sum(axis=-1), axis=1)[:, int(round(percentile / 100.0 * 6))]
-        colours = samples[np.arange(len(u)), rank]
-        k = self.smooth // 2
-        if k <= 0:
-            return colours
-        padded = np.concatenate([colours[:1].repeat(k, 0), colours, colours[-1:].repeat(k, 0)])
-        return np.median(np.stack([padded[i:i + len(u)] for i in range(2 * k + 1)]), axis=0)
+        return median_filter(samples[np.arange(len(u)), rank], size=(max(int(smooth), 1), 1), mode="nearest")
 
     def _textures(self, image: np.ndarray) -> None:
         f, c, r = self.frame, self.iris_c, self.iris_r

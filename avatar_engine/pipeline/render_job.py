@@ -102,32 +102,39 @@ def track_start(cfg: RenderJobConfig) -> tuple[NeutralChoice, TrackedStart]:
     Raises:
         NoFaceError: no face in the frames looked at, or in ``cfg.neutral_frame``.
     """
+    detector = LandmarkDetector(cfg.reenact.landmarks, static=False)
+    try:
+        times, points = _track_start(cfg, detector)
+        if cfg.neutral_frame is not None:
+            choice = neutral_at(times, points, cfg.neutral_frame)
+        else:
+            try:
+                choice = choose_neutral_frame(times, points, cfg.neutral_window_s, cfg.neutral_typical_s)
+            except NoFaceError:
+                raise NoFaceError(f"no face found in any frame of the driving video {cfg.driving}") from None
+    except BaseException:
+        detector.close()
+        raise
+    return choice, TrackedStart(points, detector)
+
+
+def _track_start(cfg: RenderJobConfig, detector: LandmarkDetector) -> tuple[list[float], list]:
+    """Timestamps and landmarks (None: no face) of the driving frames the neutral choice looks at."""
     times: list[float] = []
     points = []
     first_face_t = None
-    detector = LandmarkDetector(cfg.reenact.landmarks, static=False)
-    tracked = TrackedStart(points, detector)
-    try:
-        for i, (rgb, t) in enumerate(iter_frames(cfg.driving)):
-            pts = detector.detect(rgb, t)
-            times.append(t)
-            points.append(pts)
-            if first_face_t is None and pts is not None:
-                first_face_t = t
-            if cfg.neutral_frame is not None:
-                if i >= cfg.neutral_frame:
-                    break
-            elif first_face_t is not None and t - first_face_t > max(cfg.neutral_window_s, cfg.neutral_typical_s):
-                break
+    for i, (rgb, t) in enumerate(iter_frames(cfg.driving)):
+        pts = detector.detect(rgb, t)
+        times.append(t)
+        points.append(pts)
+        if first_face_t is None and pts is not None:
+            first_face_t = t
         if cfg.neutral_frame is not None:
-            return neutral_at(times, points, cfg.neutral_frame), tracked
-        try:
-            return choose_neutral_frame(times, points, cfg.neutral_window_s, cfg.neutral_typical_s), tracked
-        except NoFaceError:
-            raise NoFaceError(f"no face found in any frame of the driving video {cfg.driving}") from None
-    except BaseException:
-        tracked.close()
-        raise
+            if i >= cfg.neutral_frame:
+                break
+        elif first_face_t is not None and t - first_face_t > max(cfg.neutral_window_s, cfg.neutral_typical_s):
+            break
+    return times, points
 
 
 def choose_neutral(cfg: RenderJobConfig) -> NeutralChoice:
