@@ -37,6 +37,7 @@ from scipy.spatial.transform import Rotation
 
 from avatar_engine.face import topology
 from avatar_engine.face.crop import face_extent
+from avatar_engine.geometry.brows import brow_band, carry_under_brow
 from avatar_engine.geometry.eyes import retarget_lids
 from avatar_engine.geometry.head_pose import head_pose
 
@@ -82,6 +83,9 @@ class RetargetConfig:
             unlimited. A brow raised further than that stretches the mesh between brow and lid over the
             brow's own hair: on a val driver who raises his brows up to 0.15 IOD (C054) the avatar grew a
             dark band from brow to lid (``reports/quick_start/brow_limit_s12.jpg``).
+        carry_under_brow: with the source photo given, the mesh rings between brow and upper lid rise
+            with a raised brow by this times their hair-likeness (:mod:`avatar_engine.geometry.brows`):
+            the brow's hair moves with it and the lid skin stretches instead (0: off).
     """
 
     expression_scale: float = 1.0
@@ -101,6 +105,7 @@ class RetargetConfig:
     lid_gain: float = 1.5
     brow_gain: float = 1.3
     brow_limit: tuple[float, float] | None = (0.05, 0.08)
+    carry_under_brow: float = 1.0
 
     def __post_init__(self) -> None:
         for soft, hard in (("soft_rotation_deg", "max_rotation_deg"), ("soft_translation", "max_translation"),
@@ -109,6 +114,8 @@ class RetargetConfig:
                 raise ValueError(f"need 0 <= {soft} <= {hard}, got {getattr(self, soft)} and {getattr(self, hard)}")
         if self.pose_tolerance_deg is not None and self.pose_tolerance_deg < 0:
             raise ValueError(f"pose_tolerance_deg must be >= 0 or None, got {self.pose_tolerance_deg}")
+        if not 0.0 <= self.carry_under_brow <= 1.0:
+            raise ValueError(f"carry_under_brow must be in [0, 1], got {self.carry_under_brow}")
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,8 @@ class MotionRetargeter:
         config: options.
         crop_size: side of the source crop in pixels; given, the face oval is kept inside it
             (``config.crop_margin``).
+        source_image: ``(S, S, 3) uint8`` RGB source crop; given, a raised brow carries its hair
+            (``config.carry_under_brow``).
 
     Usage: ``set_neutral(driver_points)`` once (and again to re-take the neutral), then
     ``retargeter(driver_points) -> (478, 3)`` per frame. Before a neutral is set, the first call
@@ -258,7 +267,7 @@ class MotionRetargeter:
     """
 
     def __init__(self, source_points: np.ndarray, config: RetargetConfig | None = None,
-                 crop_size: int | None = None):
+                 crop_size: int | None = None, source_image: np.ndarray | None = None):
         self.config = config or RetargetConfig()
         self.crop_size = crop_size
         self.source = np.asarray(source_points, np.float32)
@@ -269,6 +278,7 @@ class MotionRetargeter:
         self._neutral: np.ndarray | None = None
         self._to_source: Similarity | None = None  # B
         self._neutral_excess = np.eye(3)  # E: the neutral's turn beyond pose_tolerance_deg (camera frame)
+        self._brow_band = None if source_image is None else brow_band(source_image, self.source)
 
     @property
     def has_neutral(self) -> bool:
@@ -342,6 +352,8 @@ class MotionRetargeter:
         turn = min(max((_rotation_angle_deg(motion.rotation) - fade_from) / max(fade_to - fade_from, 1e-6), 0.0), 1.0)
         fade = 1.0 - (1.0 - cfg.expression_fade_floor) * turn * turn * (3.0 - 2.0 * turn)  # smoothstep
         y = self.source + (cfg.expression_scale * fade * b.scale) * expression @ b.rotation.T
+        if self._brow_band is not None and cfg.carry_under_brow > 0.0:
+            y = carry_under_brow(y, self.source, self._brow_band, cfg.carry_under_brow)
         if cfg.lid_ratio:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression, gain=cfg.lid_gain)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)

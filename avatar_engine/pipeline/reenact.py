@@ -132,7 +132,8 @@ class Reenactor:
             self.render_source = downscale_source(source, self.super_resolver.input_size)
         self.detector = detector if detector is not None else LandmarkDetector(self.config.landmarks, static=False)
         self.retargeter = MotionRetargeter(self.render_source.landmarks, self.config.retarget,
-                                           crop_size=self.render_source.size)
+                                           crop_size=self.render_source.size,
+                                           source_image=self.render_source.crop_image)
         self._shown = self.render_source.landmarks.copy()
         self._last_t: float | None = None
         self._last_face_t: float | None = None

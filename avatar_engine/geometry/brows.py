@@ -1,0 +1,130 @@
+"""The band between brow and upper lid: a raised brow carries the lower edge of its hair.
+
+mediapipe's lower-brow landmarks run through the brow's hair, not along its lower edge: on a thick
+brow the hair goes on for two to four pixels (at 256) below them, over the two mesh rings that lie
+between the brow and the upper lid. When the driver raises a brow, those rings move less than the
+brow (the skin under a brow stretches), so the mesh stretches the lower part of the hair over the
+lid: a dark band from brow to eye ("goggles").
+
+Here each point of those rings gets a weight from the source photo: how dark the band just above
+it is, between the brow's hair and the lid skin below (0: skin, 1: as dark as the hair). When the brow rises more
+than the point, the point rises with it by that fraction of the difference, so the hair moves with
+the brow and the lid skin below stretches instead. Lowered brows and the source's own pose are left
+as they are. Points are ``(478, 2|3)`` landmarks in crop pixels (x right, y down).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["BROW_SIDES", "BrowBand", "brow_band", "carry_under_brow"]
+
+# Per side (right, left in the image's subject's frame, as mediapipe names them): the lower-brow
+# landmarks (outer to inner), the two mesh rings below them (the upper one first) and the upper lid.
+BROW_SIDES: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = (
+    ((46, 53, 52, 65, 55), (225, 224, 223, 222, 221, 189, 30, 29, 27, 28, 56, 190), (246, 161, 160, 159, 158, 157, 173)),
+    ((276, 283, 282, 295, 285), (445, 444, 443, 442, 441, 413, 260, 259, 257, 258, 286, 414),
+     (466, 388, 387, 386, 385, 384, 398)),
+)
+
+MIN_CONTRAST = 20.0
+"""Grey levels between the lid skin and the brow's hair below which a brow has no visible edge."""
+
+
+@dataclass(frozen=True)
+class BrowBand:
+    """Per source: the under-brow landmarks ``under (n,) int`` and how far each follows a raised brow
+    ``weights (n,) float`` in ``[0, 1]``, and per side their slice into those arrays."""
+
+    under: np.ndarray
+    weights: np.ndarray
+    sides: tuple[slice, ...]
+
+
+def _luminance(gray: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``gray (H, W) float32`` at ``xy (n, 2)`` pixel positions (pixel centres at +0.5)."""
+    map_xy = (np.asarray(xy, np.float32) - 0.5).reshape(1, -1, 2)
+    return cv2.remap(gray, map_xy, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+
+
+def _nearest(points: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """For each of ``points (n, 2)``, the nearest of ``candidates (m, 2)`` -> ``(n, 2)``."""
+    return candidates[np.argmin(np.linalg.norm(points[:, None] - candidates[None], axis=2), axis=1)]
+
+
+def brow_band(image: np.ndarray, landmarks: np.ndarray) -> BrowBand:
+    """How dark (hair-like) each under-brow point of the source is.
+
+    Args:
+        image: ``(S, S, 3) uint8`` RGB source crop.
+        landmarks: ``(478, 2|3)`` its landmarks in crop pixels.
+    Returns:
+        The :class:`BrowBand`: per point, ``smoothstep`` between 0.2 and 0.7 of the darkness ``(L_skin -
+        L) / (L_skin - L_hair)`` of the band just above it (``L`` half-way to the nearest point of the
+        row above: the lower brow for the upper ring, the upper ring for the lower one), with
+        ``L_hair`` the median grey level on the lower-brow landmarks and ``L_skin`` the brightest grey
+        level half-way between the lower ring and the lid; all 0 on a side where the two differ by
+        less than :data:`MIN_CONTRAST`. A point carries as far as the band above it is hair.
+    """
+    gray = cv2.GaussianBlur(cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.float32)
+    pts = np.asarray(landmarks, np.float32)[:, :2]
+    under, weights, sides, start = [], [], [], 0
+    for brow, ring, lid in BROW_SIDES:
+        ring_idx = np.asarray(ring, np.int64)
+        lower_ring = pts[ring_idx[len(ring) // 2:]]
+        lid_pts = pts[list(lid)]
+        skin = float(_luminance(gray, 0.5 * (lower_ring + _nearest(lower_ring, lid_pts))).max())
+        hair = float(np.median(_luminance(gray, pts[list(brow)])))
+        contrast = skin - hair
+        if contrast < MIN_CONTRAST:
+            w = np.zeros(len(ring), np.float32)
+        else:
+            upper_ring = pts[ring_idx[:len(ring) // 2]]
+            above = np.concatenate([_nearest(upper_ring, pts[list(brow)]), _nearest(lower_ring, upper_ring)])
+            dark = (skin - _luminance(gray, 0.5 * (pts[ring_idx] + above))) / contrast
+            x = np.clip((dark - 0.2) / 0.5, 0.0, 1.0)
+            w = (x * x * (3.0 - 2.0 * x)).astype(np.float32)
+        under.append(ring_idx)
+        weights.append(w)
+        sides.append(slice(start, start + len(ring)))
+        start += len(ring)
+    return BrowBand(np.concatenate(under), np.concatenate(weights), tuple(sides))
+
+
+def carry_under_brow(points: np.ndarray, source: np.ndarray, band: BrowBand, weight: float = 1.0) -> np.ndarray:
+    """Raise the under-brow points with a raised brow (see the module docstring).
+
+    Args:
+        points: ``(478, 2|3)`` landmarks in the source's head frame (the source plus the expression
+            change; no head motion).
+        source: ``(478, 2|3)`` the source's landmarks.
+        band: the source's :func:`brow_band`.
+        weight: multiplies ``band.weights`` (``RetargetConfig.carry_under_brow``).
+    Returns:
+        A ``float32`` copy of ``points`` where each under-brow point ``u`` rises by ``weight * w_u *
+        max(0, rise_b - rise_u)`` along the source's up direction (perpendicular to the eye's corner line,
+        towards the brow), with
+        ``rise_b`` the lower brow's rise interpolated at ``u`` along the brow and ``rise_u`` ``u``'s own.
+    """
+    out = np.array(points, np.float32)
+    src = np.asarray(source, np.float32)[:, :2]
+    for (brow, _, lid), side in zip(BROW_SIDES, band.sides):
+        under, w = band.under[side], band.weights[side] * weight
+        if not w.any():
+            continue
+        brow_idx = list(brow)
+        along = src[lid[-1]] - src[lid[0]]
+        along /= max(float(np.linalg.norm(along)), 1e-6)
+        up = np.array([along[1], -along[0]], np.float32)  # perpendicular to the eye's axis ...
+        if float((src[brow_idx].mean(0) - src[list(lid)].mean(0)) @ up) < 0:
+            up = -up  # ... towards the brow
+        rise_brow = (out[brow_idx, :2] - src[brow_idx]) @ up
+        at = src[brow_idx] @ along
+        order = np.argsort(at)
+        rise_at_u = np.interp(src[under] @ along, at[order], rise_brow[order])
+        rise_u = (out[under, :2] - src[under]) @ up
+        lift = w * np.maximum(rise_at_u - rise_u, 0.0)
+        out[under, :2] += lift[:, None] * up[None]
+    return out
