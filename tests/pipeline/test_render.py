@@ -101,6 +101,18 @@ def test_corrupt_source(data_dir, tmp_path, capsys):
     assert rc == 2 and "not a readable image" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_truncated_photo_gives_one_line_on_the_terminal(data_dir, tmp_path):
+    """The whole process's stderr, native writes included: OpenCV's decoder warning about the damaged
+    file is dropped, the tool's own error stays."""
+    bad = tmp_path / "cut.png"
+    bad.write_bytes((data_dir / PHOTO).read_bytes()[:2000])  # a valid header, then nothing
+    proc = subprocess.run([sys.executable, "-m", "avatar_engine.cli", "render", "--source", str(bad), "--driving",
+                           str(data_dir / CLIP), "--output", str(tmp_path / "o.mp4")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: not a readable image (corrupt or unsupported format): {bad}"]
+
+
 def test_source_without_face(data_dir, tmp_path, capsys):
     wall = tmp_path / "wall.png"
     write_image(wall, np.full((300, 300, 3), 128, np.uint8))
