@@ -1,12 +1,12 @@
-"""Drop mediapipe's native start-up noise from the process's standard error.
+"""Drop native library noise (mediapipe's start-up, OpenCV's decoders) from the process's standard error.
 
 mediapipe (TFLite, absl) prints lines such as "INFO: Created TensorFlow Lite XNNPACK delegate for
 CPU", "WARNING: All log messages before absl::InitializeLog() ..." and ``W0000 ...
 inference_feedback_manager.cc ...`` straight to file descriptor 2, from its own threads, whatever
-Python's logging says; OpenCV's image decoders do the same for a damaged file (``[ WARN:0@1.6] global
-grfmt_png.cpp:678 read_from_io PNG input buffer is incomplete``) just before the tool's own one-line
-error about it. For the command-line tool, :func:`filtered_stderr` routes fd 2 through a pipe
-read by a small thread that forwards every other line unchanged.
+Python's logging says; OpenCV's image decoders do the same for a damaged file (``[ WARN:0@1.6]
+global grfmt_png.cpp:678 read_from_io PNG input buffer is incomplete``, ``libpng error: ...``) just
+before the tool's own one-line error about it. For the command-line tool, :func:`filtered_stderr`
+routes fd 2 through a pipe read by a small thread that forwards every other line unchanged.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ NOISE = re.compile(
     rb"^(INFO: Created TensorFlow Lite XNNPACK delegate"
     rb"|WARNING: All log messages before absl::InitializeLog\(\)"
     rb"|[IW]0000 [^\n]*\b(inference_feedback_manager|landmark_projection_calculator|gl_context)\.cc"
-    rb"|\[ ?WARN:[0-9]+@[0-9.]+\] global grfmt_\w+\.cpp)"
+    rb"|\[ ?WARN:[0-9]+@[0-9.]+\] global grfmt_\w+\.cpp"
+    rb"|libpng error: )"
 )
 """Lines (bytes) that are dropped."""
 

@@ -101,11 +101,12 @@ def test_corrupt_source(data_dir, tmp_path, capsys):
     assert rc == 2 and "not a readable image" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_truncated_photo_gives_one_line_on_the_terminal(data_dir, tmp_path):
+@pytest.mark.parametrize("length", [2000, 20000])  # OpenCV warns at the first cut, libpng at the second
+def test_a_truncated_photo_gives_one_line_on_the_terminal(data_dir, tmp_path, length):
     """The whole process's stderr, native writes included: OpenCV's decoder warning about the damaged
     file is dropped, the tool's own error stays."""
     bad = tmp_path / "cut.png"
-    bad.write_bytes((data_dir / PHOTO).read_bytes()[:2000])  # a valid header, then nothing
+    bad.write_bytes((data_dir / PHOTO).read_bytes()[:length])  # a valid header, then nothing
     proc = subprocess.run([sys.executable, "-m", "avatar_engine.cli", "render", "--source", str(bad), "--driving",
                            str(data_dir / CLIP), "--output", str(tmp_path / "o.mp4")],
                           capture_output=True, text=True, timeout=120)
