@@ -26,6 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames-per-clip", type=int, default=None, help="scored frames per clip (default: all)")
     p.add_argument("--identity-every", type=int, default=5, help="identity on every N-th frame (default: %(default)s)")
     p.add_argument("--cross-drivers", type=int, default=2, help="driving clips per photo (default: %(default)s)")
+    p.add_argument("--cross-neutral", choices=("chosen", "first"), default="chosen",
+                   help="the driver's neutral in cross-reenactment: chosen as render chooses it (default), or "
+                        "its first face frame (the protocol before session 13)")
     p.add_argument("--no-cross", dest="cross", action="store_false", help="skip cross-reenactment")
     p.add_argument("--no-self", dest="self_reenactment", action="store_false", help="skip self-reenactment")
     p.add_argument("--no-face-layers", dest="face_layers", action="store_false",
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         self_reenactment=args.self_reenactment, face_layers=args.face_layers, mouth_net=args.mouth_net,
         cross_drivers=args.cross_drivers, clip_ids=None if args.clips is None else tuple(args.clips),
         image_ids=None if args.images is None else tuple(args.images), device=args.device, backend=args.backend,
+        cross_neutral=args.cross_neutral,
         progress=sys.stderr.isatty()), on_item=lambda partial: write_report(partial, args.output, partial=True))
     paths = write_report(result, args.output)
     print("\n".join(summary_lines(result)))

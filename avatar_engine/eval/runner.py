@@ -24,8 +24,11 @@ Self-reenactment (the paper's protocol), per clip of the split:
   steady as the real video; the ``source`` renderer scores 0 since it never changes).
 
 Cross-reenactment: every photo of the split whose identity has no clip in the split is driven by
-the first clip of each of the first ``cross_drivers`` identities (sorted ids); the neutral is the
-driver's first face frame, locked on in the same way. Scored: identity distance output vs the source photo's
+the first clip of each of the first ``cross_drivers`` identities (sorted ids); the neutral is the one
+``render`` takes (``cross_neutral="chosen"``: :func:`~avatar_engine.pipeline.render_job.choose_neutral`,
+the most frontal, still, mouth-closed frame of the driver's first seconds with its typical brows and
+lids), or the driver's first face frame locked on in the same way (``"first"``, the protocol before
+session 13). Scored: identity distance output vs the source photo's
 crop, and expression / pose error of the output's landmarks against the retargeted target
 landmarks (frames where the driver has a face).
 
@@ -59,7 +62,9 @@ from avatar_engine.face.identity import SAME_PERSON_THRESHOLD, IdentityConfig, I
 from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.geometry.retarget import RetargetConfig
 from avatar_engine.models.mouth_net import DEFAULT_MOUTH_WEIGHTS
+from avatar_engine.pipeline.neutral import NeutralChoice
 from avatar_engine.pipeline.reenact import ReenactConfig, Reenactor
+from avatar_engine.pipeline.render_job import RenderJobConfig, choose_neutral
 from avatar_engine.renderers import RENDERER_NAMES, create_renderer
 from avatar_engine.renderers.base import Renderer
 from avatar_engine.face.source import SourceConfig, SourceFace, prepare_source
@@ -109,6 +114,10 @@ CROSS_METRICS: tuple[tuple[str, str], ...] = (
 """Cross-reenactment metrics per renderer (means over frames of a pair, then over pairs)."""
 
 
+CROSS_NEUTRALS = ("chosen", "first")
+"""How cross-reenactment takes the driver's neutral (:attr:`EvalConfig.cross_neutral`)."""
+
+
 @dataclass
 class EvalConfig:
     """Options of ``avatar-engine eval``.
@@ -134,6 +143,8 @@ class EvalConfig:
         backend: their inference backend (``avatar_engine.backends.BACKEND_CHOICES``).
         sheet_frames: columns (frames) per row of the contact sheet.
         sheet_thumb: side of a contact-sheet thumbnail in pixels.
+        cross_neutral: the driver's neutral in cross-reenactment: ``"chosen"`` (as ``render`` chooses
+            it) or ``"first"`` (its first face frame; see the module docstring).
         progress: show a progress bar (stderr); without it, one log line (logger ``avatar_engine``,
             INFO) per clip / pair with the time elapsed and an estimate of the time left.
     """
@@ -156,12 +167,15 @@ class EvalConfig:
     backend: str = "eager"
     sheet_frames: int = 6
     sheet_thumb: int = 96
+    cross_neutral: str = "chosen"
     progress: bool = False
     flow: metrics.FlowConfig = field(default_factory=metrics.FlowConfig)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.renderers = tuple(dict.fromkeys(self.renderers))
+        if self.cross_neutral not in CROSS_NEUTRALS:
+            raise AvatarError(f"cross_neutral must be one of {', '.join(CROSS_NEUTRALS)}, not {self.cross_neutral!r}")
         unknown = [r for r in self.renderers if r not in RENDERER_NAMES]
         if unknown or not self.renderers:
             raise AvatarError(f"unknown renderer {', '.join(unknown) or '(none)'}; choose from {', '.join(RENDERER_NAMES)}")
@@ -304,6 +318,7 @@ class _Evaluator:
                 r.mouth_weights = DEFAULT_MOUTH_WEIGHTS
         self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers))
         self._source_ids: dict[str, np.ndarray | None] = {}
+        self._neutrals: dict[str, NeutralChoice] = {}  # driver clip id -> the neutral render chooses
 
     def _reenactors(self, stack: contextlib.ExitStack, source: SourceFace) -> dict[str, Reenactor]:
         return {name: stack.enter_context(Reenactor(source, r, self.reenact))
@@ -420,6 +435,15 @@ class _Evaluator:
             s.add("identity_source", self.identity.distance(out_id, src_id))
         return out_pts
 
+    def _chosen_neutral(self, driver: ClipEntry) -> NeutralChoice:
+        """The neutral ``render`` takes for ``driver`` (tracked once per clip and kept)."""
+        if driver.clip_id not in self._neutrals:
+            # only the driving clip and the landmark options of a render job enter its neutral choice
+            job = RenderJobConfig(source=Path(driver.path), driving=Path(driver.path), output=Path(driver.path),
+                                  progress=False, reenact=self.reenact)
+            self._neutrals[driver.clip_id] = choose_neutral(job)
+        return self._neutrals[driver.clip_id]
+
     @staticmethod
     def _tracked_landmarks(rgb: np.ndarray) -> np.ndarray | None:
         """``(478, 3)`` landmarks of ``rgb`` from a tracking detector fed it ``NEUTRAL_WARMUP`` times."""
@@ -456,9 +480,13 @@ class _Evaluator:
         track = MotionTrack(cfg.renderers)
         n = driving_no_face = 0
         driver_crop = None
+        chosen = self._chosen_neutral(driver) if cfg.cross_neutral == "chosen" else None
         with contextlib.ExitStack() as stack:
             reenactors = self._reenactors(stack, source)
-            neutral_set = False
+            neutral_set = chosen is not None
+            for r in reenactors.values():
+                if chosen is not None:
+                    r.set_neutral(chosen.points)
             for rgb, t in iter_frames(driver.path, cfg.max_frames_per_clip):
                 if not neutral_set:  # until the first frame in which the pipeline sees a face
                     neutral = self._tracked_landmarks(rgb)
@@ -505,7 +533,7 @@ class _Evaluator:
         scores = {name: {**{k: s.mean(k) for k in keys}, **track.scores(name)} for name, s in series.items()}
         info = {"image": image.image_id, "identity": image.identity, "driver": driver.clip_id,
                 "driver_identity": driver.identity, "frames": n, "driving_no_face": driving_no_face,
-                **track.event_counts()}
+                "neutral_frame": None if chosen is None else chosen.index, **track.event_counts()}
         sheet += _moment_rows(item, track, "driver")
         return SequenceReport("cross", item, info, scores, sheet, track)
 

@@ -17,6 +17,7 @@ from avatar_engine.data.corpus import load_dataset
 from avatar_engine.errors import AvatarError
 from avatar_engine.io.image import read_image
 from avatar_engine.io.video import VideoWriter
+from avatar_engine.pipeline.render_job import RenderJobConfig, choose_neutral
 
 CLIPS = ["C018", "C054"]  # 256x256 MEAD (P004) and 224x224 VoxCeleb (P029)
 FRAMES = 8
@@ -92,6 +93,23 @@ def test_report_on_two_val_clips(two_runs):
     assert "mesh: self: PSNR" in printed and "wrote" in printed
 
 
+def test_cross_reenactment_takes_the_neutral_render_takes(data_dir):
+    """Cross-reenactment drives the photo from the neutral `render` would choose for that driver (its
+    first face frame with --cross-neutral first), and the choice changes what the avatar does."""
+    clip = data_dir / "clips/val/P004/C018.mp4"
+    expected = choose_neutral(RenderJobConfig(clip, clip, clip, progress=False)).index
+    pairs = {}
+    for mode in ("chosen", "first"):
+        result = run_evaluation(EvalConfig(data=data_dir, renderers=("mesh",), self_reenactment=False,
+                                           max_frames_per_clip=4, image_ids=("I036",), cross_drivers=1,
+                                           identity_every=100, cross_neutral=mode))
+        (report,) = result.cross_reports
+        pairs[mode] = report
+    assert pairs["chosen"].info["neutral_frame"] == expected and expected > 0  # C018 opens its mouth at frame 0
+    assert pairs["first"].info["neutral_frame"] is None
+    assert pairs["chosen"].metrics["mesh"]["expression_error"] != pairs["first"].metrics["mesh"]["expression_error"]
+
+
 def test_rerun_is_identical(two_runs):
     a, b = two_runs[0]
     assert a.read_bytes() == b.read_bytes()
@@ -161,4 +179,6 @@ def test_bad_options(data_dir, tmp_path, capsys):
     with pytest.raises(AvatarError, match="nothing to evaluate"):
         run_evaluation(EvalConfig(data=data_dir, self_reenactment=False, cross=False))
     assert EvalConfig(data=data_dir, face_layers=False).describe()["face_layers"] is False
+    with pytest.raises(AvatarError, match="cross_neutral"):
+        EvalConfig(data=data_dir, cross_neutral="middle")
     assert not (tmp_path / "r.json").exists()
