@@ -36,10 +36,12 @@ import numpy as np
 
 from avatar_engine.face import topology
 from avatar_engine.geometry.mouth_bank import MouthBank, lip_colour, mouth_shape
-from avatar_engine.geometry.openings import MOUTH, OpeningFrame, opening_frame, patch_around
+from avatar_engine.geometry.openings import MOUTH, Opening, OpeningFrame, opening_frame, patch_around
 from avatar_engine.geometry.teeth import TeethCue, is_teeth
 
-__all__ = ["MouthLayerConfig", "MouthLayer", "MOUTH"]
+__all__ = ["MouthLayerConfig", "MouthLayer", "MOUTH", "retarget_lips"]
+
+_OUTER_LIPS = Opening(tuple(int(i) for i in topology.OUTER_LIPS_LOOP), 61, 291)
 
 
 _OUTER_EYE_CORNERS = (33, 263)
@@ -63,6 +65,10 @@ class MouthLayerConfig:
         cavity_darkness: the cavity is the lip colour times this.
         tongue: height of the tongue's bump, in shares of the opening (0: no tongue); it shows once the
             opening is ``tongue_from`` inter-ocular distances, in the lip colour times ``tongue_shade``.
+        closed_gap_px: where the target's inner-lip gap is below this (pixels; or half the source's gap
+            at that point along the mouth, where that is smaller), an open source mouth closes: the
+            squeezed teeth fade to the lips' colour with a darker seam where the lips meet (0: off).
+        seam_darkness: darkening of that seam, in [0, 1].
     """
 
     ramp: float = 0.06
@@ -78,6 +84,8 @@ class MouthLayerConfig:
     tongue: float = 0.5
     tongue_from: float = 0.15
     tongue_shade: float = 0.9
+    closed_gap_px: float = 4.0
+    seam_darkness: float = 0.45
 
 
 def _teeth_share(block: np.ndarray, inside: np.ndarray) -> float:
@@ -106,6 +114,7 @@ class MouthLayer:
         self.teeth = np.asarray(config.teeth_colour) * brightness
         outer = patch_around(p[topology.OUTER_LIPS_IDX], 0.0, crop.shape[:2])
         lip = lip_colour(crop, p)
+        self.lip = lip
         # exemplar colours matched to this photo's lips (the capture's light may differ)
         self._bank_gain = None if bank is None else np.clip(lip / np.maximum(bank.lips, 1.0), 0.7, 1.4)
         self.cavity = lip * config.cavity_darkness
@@ -124,9 +133,12 @@ class MouthLayer:
         cfg = self.config
         t = np.asarray(target, np.float64)[:, :2]
         tgt = opening_frame(t, MOUTH)
+        if tgt.width < 2.0 or not np.isfinite(tgt.origin).all():
+            return image
+        image = self._close(image, t, tgt)
         offset = cfg.source_teeth_offset if self.source_shows_teeth else 0.0
         weight = float(np.clip((tgt.gap() - self.source_gap - offset) / cfg.ramp, 0.0, 1.0))
-        if weight <= 0.0 or tgt.width < 2.0 or not np.isfinite(tgt.origin).all():
+        if weight <= 0.0:
             return image
         patch = patch_around(t[list(MOUTH.loop)], 1.0, image.shape[:2])
         if patch.empty:
@@ -143,6 +155,38 @@ class MouthLayer:
         across = np.abs(u)
         alpha = (weight * np.clip(np.minimum(below_up, above_lo) + 0.5, 0.0, 1.0)
                  * np.clip((0.5 - across) * w + 0.5, 0.0, 1.0))[..., None]
+        out = image.copy()
+        block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
+        out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
+                                                            ).astype(np.uint8)
+        return out
+
+    def _close(self, image: np.ndarray, t: np.ndarray, tgt: OpeningFrame) -> np.ndarray:
+        """Where ``t``'s lips come closer than ``closed_gap_px`` (or half the source's gap there), the warped
+        source interior (squeezed teeth) fades to the lip colour, with a seam along the lips' midline.
+        Returns ``image`` itself when nothing closes, else a new array."""
+        cfg = self.config
+        w = tgt.width
+        if cfg.closed_gap_px <= 0:
+            return image
+        patch = patch_around(t[list(MOUTH.loop)], 2.0, image.shape[:2])
+        if patch.empty:
+            return image
+        u, v = tgt.to_frame(patch.xy)
+        up, lo = tgt.upper(u), tgt.lower(u)
+        source_px = np.maximum(self.frame.lower(u) - self.frame.upper(u), 0.0) * w  # the source's gap, at this scale
+        closing_from = np.minimum(cfg.closed_gap_px, 0.5 * source_px)
+        gap_px = np.maximum(lo - up, 0.0) * w
+        closure = np.where(closing_from > 1.0, np.clip(1.0 - gap_px / np.maximum(closing_from, 1e-6), 0.0, 1.0), 0.0)
+        if not closure.any():
+            return image
+        mid = 0.5 * (up + lo)
+        # the band between the inner lips, one pixel wider on each side (the squeezed teeth's edge)
+        band = np.clip(np.minimum(v - up, lo - v) * w + 1.5, 0.0, 1.0)
+        ends = np.clip((0.5 - np.abs(u)) * w / 2.0, 0.0, 1.0)
+        alpha = (closure * band * ends)[..., None]
+        seam = 1.0 - cfg.seam_darkness * np.exp(-np.abs(v - mid) * w / 0.8)
+        colour = self.lip[None, None] * np.where(v < mid, 0.9, 1.0)[..., None] * seam[..., None]
         out = image.copy()
         block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
         out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
@@ -205,3 +249,67 @@ class MouthLayer:
             lower_a = (np.clip(h_lo - above_lo + 0.5, 0.0, 1.0) * np.clip((0.75 * cfg.teeth_span - across) * w, 0, 1))
             colour = lower_a[..., None] * (0.85 * tooth) + (1.0 - lower_a[..., None]) * colour
         return colour
+
+
+def _signed_gap(points: np.ndarray, frame: OpeningFrame, u: np.ndarray) -> np.ndarray:
+    """Inner-lip gap of ``points`` at ``u`` in ``frame``'s units, the upper lip told by its landmark (13), not by
+    which chain lies higher: negative where the lips crossed."""
+    first, second = MOUTH.chains()
+    upper, lower = (first, second) if 13 in first else (second, first)
+    v = []
+    for chain in (upper, lower):
+        cu, cv = frame.to_frame(np.asarray(points, np.float64)[chain, :2])
+        order = np.argsort(cu, kind="stable")
+        v.append(np.interp(u, cu[order], cv[order]))
+    return v[1] - v[0]
+
+
+def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,
+                  min_gap: float = 0.03) -> np.ndarray:
+    """A closing mouth as a *ratio* of the source's opening (as :func:`~avatar_engine.geometry.eyes.retarget_lids`
+    does for the lids).
+
+    Additive retargeting closes the source's mouth by as much as the driver's closed since the neutral:
+    a photo that smiles with its teeth showing, driven by someone whose neutral has the lips apart,
+    keeps its teeth when the driver closes the lips. Here, along the mouth (at each inner-lip column
+    ``u`` between the corners), wherever the driver's inner-lip gap is below its neutral gap, the
+    target's gap becomes the source's gap times the driver's ratio (now / neutral) where that is
+    narrower than the additive gap (a photo more open than the driver's neutral): lips the driver
+    closes close on the avatar too. Where the driver opens wider than at neutral, or the additive
+    gap is already the narrower (a photo less open than the neutral), the additive result stays.
+    Columns whose neutral gap is below ``min_gap`` mouth widths (a closed neutral) keep the additive
+    result (faded in between ``min_gap`` and twice that).
+
+    The correction moves every lip landmark (inner and outer loops) of the column along the mouth's
+    vertical axis, the upper lip by half of it and the lower lip by the other half, so the lips keep
+    their thickness and meet in the middle.
+
+    Args:
+        target: ``(478, 3)`` retargeted landmarks (source pixels) to correct.
+        source: ``(478, 3)`` source landmarks.
+        driver_neutral, driver: ``(478, 3)`` the driver's neutral and current landmarks in one head frame.
+        min_gap: the smallest neutral gap (mouth widths) a ratio is taken of.
+    Returns:
+        ``(478, 3) float32``: ``target`` with the lip landmarks moved (the mouth corners stay).
+    """
+    out = np.asarray(target, np.float32).copy()
+    src, neutral, now, cur = (opening_frame(p, MOUTH) for p in (source, driver_neutral, driver, out))
+    u = np.linspace(-0.5, 0.5, 33)
+    g_neutral = neutral.lower(u) - neutral.upper(u)
+    g_now = now.lower(u) - now.upper(u)
+    ratio = np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
+    x = np.clip(g_neutral / min_gap - 1.0, 0.0, 1.0)
+    weight = x * x * (3.0 - 2.0 * x)
+    wanted = np.maximum(src.lower(u) - src.upper(u), 0.0) * ratio
+    change = np.where(g_now < g_neutral, weight * np.maximum(_signed_gap(out, cur, u) - wanted, 0.0), 0.0)
+    if not np.any(change):
+        return out
+    mid = 0.5 * (cur.upper(u) + cur.lower(u))
+    for opening in (MOUTH, _OUTER_LIPS):
+        for chain in opening.chains():
+            inner = [i for i in chain[1:-1] if i not in (MOUTH.left, MOUTH.right)]
+            cu, cv = cur.to_frame(out[inner, :2])
+            side = np.where(cv < np.interp(cu, u, mid), 1.0, -1.0)  # upper lip moves down, lower up
+            shift = 0.5 * side * np.interp(cu, u, change, left=0.0, right=0.0)
+            out[inner, :2] = cur.to_pixels(cu, cv + shift).astype(np.float32)
+    return out

@@ -39,6 +39,7 @@ from avatar_engine.face import topology
 from avatar_engine.face.crop import face_extent
 from avatar_engine.geometry.brows import brow_band, carry_under_brow
 from avatar_engine.geometry.eyes import retarget_lids
+from avatar_engine.geometry.mouth import retarget_lips
 from avatar_engine.geometry.head_pose import head_pose
 
 __all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "soft_limit", "MotionRetargeter"]
@@ -83,6 +84,10 @@ class RetargetConfig:
             unlimited. A brow raised further than that stretches the mesh between brow and lid over the
             brow's own hair: on a val driver who raises his brows up to 0.15 IOD (C054) the avatar grew a
             dark band from brow to lid (``reports/quick_start/brow_limit_s12.jpg``).
+        lip_ratio: a closing mouth closes as a ratio of the source's opening
+            (:func:`avatar_engine.geometry.mouth.retarget_lips`): a photo that smiles with its teeth
+            showing closes its lips when the driver closes theirs (additive: only by as much as the
+            driver closed since the neutral).
         carry_under_brow: with the source photo given, the mesh rings between brow and upper lid rise
             with a raised brow by this times their hair-likeness (:mod:`avatar_engine.geometry.brows`):
             the brow's hair moves with it and the lid skin stretches instead (0: off).
@@ -105,6 +110,7 @@ class RetargetConfig:
     lid_gain: float = 1.5
     brow_gain: float = 1.3
     brow_limit: tuple[float, float] | None = (0.05, 0.08)
+    lip_ratio: bool = True
     carry_under_brow: float = 1.0
 
     def __post_init__(self) -> None:
@@ -354,6 +360,8 @@ class MotionRetargeter:
         y = self.source + (cfg.expression_scale * fade * b.scale) * expression @ b.rotation.T
         if self._brow_band is not None and cfg.carry_under_brow > 0.0:
             y = carry_under_brow(y, self.source, self._brow_band, cfg.carry_under_brow)
+        if cfg.lip_ratio:
+            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression)
         if cfg.lid_ratio:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression, gain=cfg.lid_gain)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)
