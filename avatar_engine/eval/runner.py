@@ -484,8 +484,8 @@ class _Evaluator:
         with contextlib.ExitStack() as stack:
             reenactors = self._reenactors(stack, source)
             neutral_set = chosen is not None
-            for r in reenactors.values():
-                if chosen is not None:
+            if chosen is not None:
+                for r in reenactors.values():
                     r.set_neutral(chosen.points)
             for rgb, t in iter_frames(driver.path, cfg.max_frames_per_clip):
                 if not neutral_set:  # until the first frame in which the pipeline sees a face

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["BROW_SIDES", "BrowBand", "brow_band", "carry_under_brow"]
+from avatar_engine.geometry.openings import sample
+
+__all__ = ["BROW_SIDES", "BrowSide", "BrowBand", "brow_band", "carry_under_brow"]
 
 # Per side (right, left in the image's subject's frame, as mediapipe names them): the lower-brow
 # landmarks (outer to inner), the two mesh rings below them (the upper one first) and the upper lid.
@@ -34,19 +36,36 @@ MIN_CONTRAST = 20.0
 
 
 @dataclass(frozen=True)
-class BrowBand:
-    """Per source: the under-brow landmarks ``under (n,) int`` and how far each follows a raised brow
-    ``weights (n,) float`` in ``[0, 1]``, and per side their slice into those arrays."""
+class BrowSide:
+    """One brow's source-only data: its under-brow landmarks ``under (n,) int``, how far each follows a
+    raised brow ``weights (n,)`` in ``[0, 1]``, the source's up direction ``up (2,)`` (perpendicular to the
+    eye's corner line, towards the brow), and the positions along the brow (the corner line's direction)
+    of its lower-brow landmarks ``brow_at (5,)`` (increasing, with ``brow`` their landmark indices in
+    that order) and of the under-brow points ``under_at (n,)``."""
 
     under: np.ndarray
     weights: np.ndarray
-    sides: tuple[slice, ...]
+    up: np.ndarray
+    brow: np.ndarray
+    brow_at: np.ndarray
+    under_at: np.ndarray
 
 
-def _luminance(gray: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``gray (H, W) float32`` at ``xy (n, 2)`` pixel positions (pixel centres at +0.5)."""
-    map_xy = (np.asarray(xy, np.float32) - 0.5).reshape(1, -1, 2)
-    return cv2.remap(gray, map_xy, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+@dataclass(frozen=True)
+class BrowBand:
+    """Per source: both brows' :class:`BrowSide` (right brow first)."""
+
+    sides: tuple[BrowSide, ...]
+
+    @property
+    def under(self) -> np.ndarray:
+        """``(n,) int`` every under-brow landmark, right brow first."""
+        return np.concatenate([side.under for side in self.sides])
+
+    @property
+    def weights(self) -> np.ndarray:
+        """``(n,)`` their weights, in the order of :attr:`under`."""
+        return np.concatenate([side.weights for side in self.sides])
 
 
 def _nearest(points: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -70,27 +89,32 @@ def brow_band(image: np.ndarray, landmarks: np.ndarray) -> BrowBand:
     """
     gray = cv2.GaussianBlur(cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.float32)
     pts = np.asarray(landmarks, np.float32)[:, :2]
-    under, weights, sides, start = [], [], [], 0
+    sides = []
     for brow, ring, lid in BROW_SIDES:
         ring_idx = np.asarray(ring, np.int64)
+        brow_idx = np.asarray(brow, np.int64)
         lower_ring = pts[ring_idx[len(ring) // 2:]]
         lid_pts = pts[list(lid)]
-        skin = float(_luminance(gray, 0.5 * (lower_ring + _nearest(lower_ring, lid_pts))).max())
-        hair = float(np.median(_luminance(gray, pts[list(brow)])))
+        skin = float(sample(gray, 0.5 * (lower_ring + _nearest(lower_ring, lid_pts))).max())
+        hair = float(np.median(sample(gray, pts[brow_idx])))
         contrast = skin - hair
         if contrast < MIN_CONTRAST:
             w = np.zeros(len(ring), np.float32)
         else:
             upper_ring = pts[ring_idx[:len(ring) // 2]]
-            above = np.concatenate([_nearest(upper_ring, pts[list(brow)]), _nearest(lower_ring, upper_ring)])
-            dark = (skin - _luminance(gray, 0.5 * (pts[ring_idx] + above))) / contrast
+            above = np.concatenate([_nearest(upper_ring, pts[brow_idx]), _nearest(lower_ring, upper_ring)])
+            dark = (skin - sample(gray, 0.5 * (pts[ring_idx] + above))) / contrast
             x = np.clip((dark - 0.2) / 0.5, 0.0, 1.0)
             w = (x * x * (3.0 - 2.0 * x)).astype(np.float32)
-        under.append(ring_idx)
-        weights.append(w)
-        sides.append(slice(start, start + len(ring)))
-        start += len(ring)
-    return BrowBand(np.concatenate(under), np.concatenate(weights), tuple(sides))
+        along = pts[lid[-1]] - pts[lid[0]]
+        along /= max(float(np.linalg.norm(along)), 1e-6)
+        up = np.array([along[1], -along[0]], np.float32)  # perpendicular to the eye's axis ...
+        if float((pts[brow_idx].mean(0) - lid_pts.mean(0)) @ up) < 0:
+            up = -up  # ... towards the brow
+        at = pts[brow_idx] @ along
+        order = np.argsort(at)
+        sides.append(BrowSide(ring_idx, w, up, brow_idx[order], at[order], pts[ring_idx] @ along))
+    return BrowBand(tuple(sides))
 
 
 def carry_under_brow(points: np.ndarray, source: np.ndarray, band: BrowBand, weight: float = 1.0) -> np.ndarray:
@@ -110,21 +134,13 @@ def carry_under_brow(points: np.ndarray, source: np.ndarray, band: BrowBand, wei
     """
     out = np.array(points, np.float32)
     src = np.asarray(source, np.float32)[:, :2]
-    for (brow, _, lid), side in zip(BROW_SIDES, band.sides):
-        under, w = band.under[side], band.weights[side] * weight
+    for side in band.sides:
+        w = side.weights * weight
         if not w.any():
             continue
-        brow_idx = list(brow)
-        along = src[lid[-1]] - src[lid[0]]
-        along /= max(float(np.linalg.norm(along)), 1e-6)
-        up = np.array([along[1], -along[0]], np.float32)  # perpendicular to the eye's axis ...
-        if float((src[brow_idx].mean(0) - src[list(lid)].mean(0)) @ up) < 0:
-            up = -up  # ... towards the brow
-        rise_brow = (out[brow_idx, :2] - src[brow_idx]) @ up
-        at = src[brow_idx] @ along
-        order = np.argsort(at)
-        rise_at_u = np.interp(src[under] @ along, at[order], rise_brow[order])
-        rise_u = (out[under, :2] - src[under]) @ up
+        rise_brow = (out[side.brow, :2] - src[side.brow]) @ side.up
+        rise_at_u = np.interp(side.under_at, side.brow_at, rise_brow)
+        rise_u = (out[side.under, :2] - src[side.under]) @ side.up
         lift = w * np.maximum(rise_at_u - rise_u, 0.0)
-        out[under, :2] += lift[:, None] * up[None]
+        out[side.under, :2] += lift[:, None] * side.up[None]
     return out

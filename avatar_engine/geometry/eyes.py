@@ -21,12 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy.ndimage import median_filter
 
 from avatar_engine.face import topology
-from avatar_engine.geometry.openings import Opening, OpeningFrame, opening_frame, patch_around
+from avatar_engine.geometry.openings import Opening, OpeningFrame, opening_frame, patch_around, sample
 
 __all__ = ["EyeLayerConfig", "EyeLayer", "EYES", "scale_lids"]
 
@@ -93,14 +92,6 @@ class EyeLayerConfig:
     iris_margin: float = 0.25
 
 
-def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Bilinear samples ``(..., 3) float32`` of ``image`` at pixel positions ``xy (..., 2)``."""
-    shape = xy.shape[:-1]
-    m = (xy.reshape(-1, 1, 2) - 0.5).astype(np.float32)
-    out = cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(*shape, 3)
-
-
 def _profile(u: np.ndarray, knots: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Colours ``(K, 3)`` given at ``knots (K,)`` interpolated at ``u (...)`` -> ``(..., 3)``."""
     return np.stack([np.interp(u, knots, colours[:, k]) for k in range(3)], axis=-1)
@@ -156,7 +147,7 @@ class _SourceEye:
         """``(len(u), 3)`` colour per column over ``v + band`` (7 samples): the sample at ``percentile`` of
         their brightness, then the running median over ``smooth`` columns (edges repeated)."""
         offsets = np.linspace(band[0], band[1], 7)
-        samples = _sample(image, self.frame.to_pixels(u[:, None].repeat(7, 1), v[:, None] + offsets[None]))
+        samples = sample(image, self.frame.to_pixels(u[:, None].repeat(7, 1), v[:, None] + offsets[None]))
         rank = np.argsort(samples.sum(axis=-1), axis=1)[:, int(round(percentile / 100.0 * 6))]
         return median_filter(samples[np.arange(len(u)), rank], size=(max(int(smooth), 1), 1), mode="nearest")
 
@@ -264,13 +255,13 @@ class EyeLayer:
         block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
         # eyeball: sclera mapped column by column, iris moved to the target iris centre
         t = (v - vt_up) / np.maximum(vt_lo - vt_up, 1e-6)
-        sclera = _sample(eye.sclera, src.to_pixels(u, vs_up + np.clip(t, 0.0, 1.0) * (vs_lo - vs_up)))
+        sclera = sample(eye.sclera, src.to_pixels(u, vs_up + np.clip(t, 0.0, 1.0) * (vs_lo - vs_up)))
         c_t, r_t = self._iris(eye, tgt, target)
         d = xy - c_t
         scale = eye.iris_r / r_t
         iris_xy = eye.iris_c + scale * ((d @ tgt.e1)[..., None] * src.e1 + (d @ tgt.e2)[..., None] * src.e2)
         iris_a = np.clip(r_t - np.linalg.norm(d, axis=-1) + 0.5, 0.0, 1.0)[..., None]
-        ball = iris_a * _sample(eye.iris, iris_xy) + (1.0 - iris_a) * sclera
+        ball = iris_a * sample(eye.iris, iris_xy) + (1.0 - iris_a) * sclera
         gap_px = (vt_lo - vt_up) * w
         closing_from = np.maximum(np.minimum(cfg.closed_gap_px, 0.5 * (vs_lo - vs_up) * w), 1e-3)
         closure = np.clip(1.0 - gap_px / closing_from, 0.0, 1.0)[..., None]

@@ -113,8 +113,7 @@ class MouthLayer:
         brightness = float(np.clip(np.median(skin.mean(axis=1)) / 170.0, 0.6, 1.1))
         self.teeth = np.asarray(config.teeth_colour) * brightness
         outer = patch_around(p[topology.OUTER_LIPS_IDX], 0.0, crop.shape[:2])
-        lip = lip_colour(crop, p)
-        self.lip = lip
+        self.lip = lip = lip_colour(crop, p)
         # exemplar colours matched to this photo's lips (the capture's light may differ)
         self._bank_gain = None if bank is None else np.clip(lip / np.maximum(bank.lips, 1.0), 0.7, 1.4)
         self.cavity = lip * config.cavity_darkness
@@ -155,11 +154,7 @@ class MouthLayer:
         across = np.abs(u)
         alpha = (weight * np.clip(np.minimum(below_up, above_lo) + 0.5, 0.0, 1.0)
                  * np.clip((0.5 - across) * w + 0.5, 0.0, 1.0))[..., None]
-        out = image.copy()
-        block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
-        out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
-                                                            ).astype(np.uint8)
-        return out
+        return patch.blend(image, alpha, colour)
 
     def _close(self, image: np.ndarray, t: np.ndarray, tgt: OpeningFrame) -> np.ndarray:
         """Where ``t``'s lips come closer than ``closed_gap_px`` (or half the source's gap there), the warped
@@ -187,11 +182,7 @@ class MouthLayer:
         alpha = (closure * band * ends)[..., None]
         seam = 1.0 - cfg.seam_darkness * np.exp(-np.abs(v - mid) * w / 0.8)
         colour = self.lip[None, None] * np.where(v < mid, 0.9, 1.0)[..., None] * seam[..., None]
-        out = image.copy()
-        block = out[patch.y0:patch.y1, patch.x0:patch.x1].astype(np.float32)
-        out[patch.y0:patch.y1, patch.x0:patch.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
-                                                            ).astype(np.uint8)
-        return out
+        return patch.blend(image, alpha, colour)
 
     def _bank_interior(self, tgt: OpeningFrame, t: np.ndarray, u: np.ndarray, v: np.ndarray, up: np.ndarray,
                        lo: np.ndarray, teeth: TeethCue | None = None) -> np.ndarray:

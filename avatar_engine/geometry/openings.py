@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from avatar_engine.face import topology
 
-__all__ = ["Opening", "OpeningFrame", "opening_frame", "Patch", "patch_around", "MOUTH"]
+__all__ = ["Opening", "OpeningFrame", "opening_frame", "Patch", "patch_around", "sample", "MOUTH"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,24 @@ class Patch:
     @property
     def empty(self) -> bool:
         return self.y1 <= self.y0 or self.x1 <= self.x0
+
+    def blend(self, image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarray:
+        """A copy of ``image (H, W, 3) uint8`` with this box blended towards ``colour (h, w, 3)`` float by
+        ``alpha (h, w, 1)`` in ``[0, 1]`` (rounded to uint8)."""
+        out = image.copy()
+        block = out[self.y0:self.y1, self.x0:self.x1].astype(np.float32)
+        out[self.y0:self.y1, self.x0:self.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
+                                                        ).astype(np.uint8)
+        return out
+
+
+def sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``image (H, W[, C])`` at pixel positions ``xy (..., 2)`` (pixel centres at
+    ``+0.5``, the border repeated) -> ``(...[, C])`` of ``image``'s dtype."""
+    shape = xy.shape[:-1]
+    m = (np.asarray(xy).reshape(-1, 1, 2) - 0.5).astype(np.float32)
+    out = cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(*shape, *image.shape[2:])
 
 
 def patch_around(xy: np.ndarray, margin: float, shape: tuple[int, int]) -> Patch:

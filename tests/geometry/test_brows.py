@@ -50,12 +50,12 @@ def _raise_brows(points: np.ndarray, pixels: float) -> np.ndarray:
 
 def test_the_rings_carry_as_far_as_the_band_above_them_is_hair(points):
     deep, shallow = brow_band(_painted(points, 0.65), points), brow_band(_painted(points, 0.2), points)
-    for (_, ring, _), side in zip(BROW_SIDES, deep.sides):
+    for (_, ring, _), deep_side, shallow_side in zip(BROW_SIDES, deep.sides, shallow.sides):
         half = len(ring) // 2
-        assert deep.weights[side][:5].min() > 0.9, deep.weights  # brow -> upper ring: hair
-        assert deep.weights[side][half:half + 5].min() > 0.9, deep.weights  # upper -> lower ring: mostly hair
-        assert shallow.weights[side][:5].min() > 0.9, shallow.weights
-        assert shallow.weights[side][half:half + 5].mean() < 0.3, shallow.weights  # upper -> lower ring: skin
+        assert deep_side.weights[:5].min() > 0.9, deep.weights  # brow -> upper ring: hair
+        assert deep_side.weights[half:half + 5].min() > 0.9, deep.weights  # upper -> lower ring: mostly hair
+        assert shallow_side.weights[:5].min() > 0.9, shallow.weights
+        assert shallow_side.weights[half:half + 5].mean() < 0.3, shallow.weights  # upper -> lower ring: skin
     flat = brow_band(np.full((768, 768, 3), SKIN, np.uint8), points)
     assert not flat.weights.any()  # no edge between hair and skin: nothing carries
 
