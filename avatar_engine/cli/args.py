@@ -68,8 +68,11 @@ def add_avatar(g: argparse._ActionsContainer, what: str = "output") -> None:
 
 
 def add_expression(g: argparse._ActionsContainer) -> None:
-    """``--expression-scale``."""
+    """``--expression-scale``, ``--keep-photo-mouth``."""
     g.add_argument("--expression-scale", type=float, default=1.0, help="scale of transferred expressions")
+    g.add_argument("--keep-photo-mouth", dest="lip_zero", action="store_false",
+                   help="a photo with open lips keeps them open while yours are closed (default: the avatar's "
+                        "mouth opens from closed, as far as yours)")
 
 
 def add_neutral(g: argparse._ActionsContainer) -> None:
@@ -128,7 +131,8 @@ def reenact_from_args(args: argparse.Namespace):
     from avatar_engine.pipeline.reenact import ReenactConfig
 
     return ReenactConfig(paste_back=getattr(args, "paste_back", True),
-                         retarget=RetargetConfig(expression_scale=getattr(args, "expression_scale", 1.0)))
+                         retarget=RetargetConfig(expression_scale=getattr(args, "expression_scale", 1.0),
+                                                 lip_zero=getattr(args, "lip_zero", True)))
 
 
 def size_arg(text: str) -> tuple[int, int]:

@@ -256,9 +256,9 @@ def _signed_gap(points: np.ndarray, frame: OpeningFrame, u: np.ndarray) -> np.nd
 
 
 def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,
-                  min_gap: float = 0.03) -> np.ndarray:
+                  min_gap: float = 0.03, zero: bool = False, zero_tolerance: float = 0.05) -> np.ndarray:
     """A closing mouth as a *ratio* of the source's opening (as :func:`~avatar_engine.geometry.eyes.retarget_lids`
-    does for the lids).
+    does for the lids), or, with ``zero``, from a closed mouth.
 
     Additive retargeting closes the source's mouth by as much as the driver's closed since the neutral:
     a photo that smiles with its teeth showing, driven by someone whose neutral has the lips apart,
@@ -271,15 +271,26 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     Columns whose neutral gap is below ``min_gap`` mouth widths (a closed neutral) keep the additive
     result (faded in between ``min_gap`` and twice that).
 
-    The correction moves every lip landmark (inner and outer loops) of the column along the mouth's
-    vertical axis, the upper lip by half of it and the lower lip by the other half, so the lips keep
-    their thickness and meet in the middle.
+    With ``zero`` (LivePortrait's "lip zero"), the source's lips are first closed by as much as they are
+    more open than the driver's neutral (the *excess*, in mouth widths, at each column): the additive
+    start is then the driver's neutral opening, not the photo's. A photo that smiles with its teeth
+    showing closes its lips whenever the driver's are closed (at the driver's closed-mouth neutral too,
+    where the ratio above keeps the photo's opening) and opens as wide as the driver does. Excesses
+    below ``zero_tolerance`` are left (two mediapipe readings of one mouth, on a photo and on a video
+    frame, differ by up to about that much), fully removed from twice that, smoothly in between. The
+    lips never cross, and a photo no more open than the neutral is retargeted as before.
+
+    The correction moves every lip landmark of the column along the mouth's vertical axis, the upper
+    lip by half of it and the lower lip by the other half, so the lips keep their thickness and meet in
+    the middle; the skin next to the lips follows part of the way (:func:`_narrow_lips`).
 
     Args:
         target: ``(478, 3)`` retargeted landmarks (source pixels) to correct.
         source: ``(478, 3)`` source landmarks.
         driver_neutral, driver: ``(478, 3)`` the driver's neutral and current landmarks in one head frame.
         min_gap: the smallest neutral gap (mouth widths) a ratio is taken of.
+        zero: close the source's excess over the driver's neutral instead of the ratio rule.
+        zero_tolerance: the excess (mouth widths) below which ``zero`` leaves a column alone.
     Returns:
         ``(478, 3) float32``: ``target`` with the lip landmarks moved (the mouth corners stay).
     """
@@ -288,19 +299,44 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     u = np.linspace(-0.5, 0.5, 33)
     g_neutral = neutral.lower(u) - neutral.upper(u)
     g_now = now.lower(u) - now.upper(u)
-    ratio = np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
-    x = np.clip(g_neutral / min_gap - 1.0, 0.0, 1.0)
-    weight = x * x * (3.0 - 2.0 * x)
-    wanted = np.maximum(src.lower(u) - src.upper(u), 0.0) * ratio
-    change = np.where(g_now < g_neutral, weight * np.maximum(_signed_gap(out, cur, u) - wanted, 0.0), 0.0)
+    gap = _signed_gap(out, cur, u)
+    if zero:
+        excess = src.lower(u) - src.upper(u) - g_neutral
+        x = np.clip(excess / max(zero_tolerance, 1e-6) - 1.0, 0.0, 1.0)
+        change = np.clip(x * x * (3.0 - 2.0 * x) * excess, 0.0, np.maximum(gap, 0.0))
+    else:
+        ratio = np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
+        x = np.clip(g_neutral / min_gap - 1.0, 0.0, 1.0)
+        weight = x * x * (3.0 - 2.0 * x)
+        wanted = np.maximum(src.lower(u) - src.upper(u), 0.0) * ratio
+        change = np.where(g_now < g_neutral, weight * np.maximum(gap - wanted, 0.0), 0.0)
     if not np.any(change):
         return out
-    mid = 0.5 * (cur.upper(u) + cur.lower(u))
-    for opening in (MOUTH, _OUTER_LIPS):
-        for chain in opening.chains():
-            inner = [i for i in chain[1:-1] if i not in (MOUTH.left, MOUTH.right)]
-            cu, cv = cur.to_frame(out[inner, :2])
-            side = np.where(cv < np.interp(cu, u, mid), 1.0, -1.0)  # upper lip moves down, lower up
-            shift = 0.5 * side * np.interp(cu, u, change, left=0.0, right=0.0)
-            out[inner, :2] = cur.to_pixels(cu, cv + shift).astype(np.float32)
+    return _narrow_lips(out, cur, u, change)
+
+
+def _narrow_lips(points: np.ndarray, frame: OpeningFrame, u: np.ndarray, change: np.ndarray,
+                 reach: float = 0.2) -> np.ndarray:
+    """``points (478, 3)`` with the inner-lip gap narrowed by ``change`` (frame units) at the columns ``u``:
+    every point of the upper lip moves down by half of it and every point of the lower lip up by the
+    other half (the lips keep their thickness: all four of mediapipe's lip rings move, not only the
+    contours, or the outer contour folds over the rings inside it), and the skin within ``reach`` mouth
+    widths of the outer lip line follows with a smooth fall-off. The mouth corners stay."""
+    out = points.copy()
+    pu, pv = frame.to_frame(out[:, :2])
+    mid = np.interp(pu, u, 0.5 * (frame.upper(u) + frame.lower(u)))
+    upper = pv < mid
+    outer_v = []
+    for chain in _OUTER_LIPS.chains():
+        cu, cv = frame.to_frame(out[chain, :2])
+        order = np.argsort(cu, kind="stable")
+        outer_v.append(np.interp(pu, cu[order], cv[order]))
+    top, bottom = (outer_v[0], outer_v[1]) if 0 in _OUTER_LIPS.chains()[0] else (outer_v[1], outer_v[0])
+    beyond = np.where(upper, top - pv, pv - bottom) / reach  # > 0 outside the outer lip line
+    x = np.clip(1.0 - beyond, 0.0, 1.0)
+    follow = x * x * (3.0 - 2.0 * x)
+    follow[[MOUTH.left, MOUTH.right, _OUTER_LIPS.left, _OUTER_LIPS.right]] = 0.0
+    shift = 0.5 * np.where(upper, 1.0, -1.0) * np.interp(pu, u, change, left=0.0, right=0.0) * follow
+    moved = np.nonzero(shift)[0]
+    out[moved, :2] = frame.to_pixels(pu[moved], pv[moved] + shift[moved]).astype(np.float32)
     return out

@@ -88,6 +88,10 @@ class RetargetConfig:
             (:func:`avatar_engine.geometry.mouth.retarget_lips`): a photo that smiles with its teeth
             showing closes its lips when the driver closes theirs (additive: only by as much as the
             driver closed since the neutral).
+        lip_zero: the mouth opens from closed, not from the photo's opening (``retarget_lips(zero=True)``,
+            LivePortrait's "lip zero"): a photo that smiles with its teeth showing closes its lips
+            whenever the driver's are closed, at rest too, and opens as wide as the driver's; photos
+            with closed lips are unchanged. False keeps the photo's open mouth at the driver's neutral.
         carry_under_brow: with the source photo given, the mesh rings between brow and upper lid rise
             with a raised brow by this times their hair-likeness (:mod:`avatar_engine.geometry.brows`):
             the brow's hair moves with it and the lid skin stretches instead (0: off).
@@ -111,6 +115,7 @@ class RetargetConfig:
     brow_gain: float = 1.3
     brow_limit: tuple[float, float] | None = (0.05, 0.08)
     lip_ratio: bool = True
+    lip_zero: bool = True
     carry_under_brow: float = 1.0
 
     def __post_init__(self) -> None:
@@ -362,6 +367,8 @@ class MotionRetargeter:
             y = carry_under_brow(y, self.source, self._brow_band, cfg.carry_under_brow)
         if cfg.lip_ratio:
             y = retarget_lips(y, self.source, self._neutral, self._neutral + expression)
+        if cfg.lip_zero:
+            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression, zero=True)
         if cfg.lid_ratio:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression, gain=cfg.lid_gain)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)

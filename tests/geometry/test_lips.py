@@ -1,6 +1,7 @@
 """A smiling photo closes its lips: open-ratio lip retargeting and the mouth layer's closed seam."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -22,19 +23,19 @@ def smiling(data_dir):
 
 
 def _with_gap(points: np.ndarray, ratio: float) -> np.ndarray:
-    """``points`` with the inner-lip gap times ``ratio``: both lips (inner and outer loops) moved towards
-    (or away from) the mouth's midline by half the change each."""
+    """``points`` with the inner-lip gap times ``ratio``: every point of both lips (inside the outer lip
+    loop, all four lip rings) moved towards (or away from) the mouth's midline by half the change each."""
     out = np.asarray(points, np.float32).copy()
     frame = opening_frame(points, MOUTH)
     u = np.linspace(-0.5, 0.5, 33)
     change = (1.0 - ratio) * (frame.lower(u) - frame.upper(u))
     mid = 0.5 * (frame.upper(u) + frame.lower(u))
-    for opening in (MOUTH, OUTER):
-        for chain in opening.chains():
-            idx = [i for i in chain[1:-1] if i not in (MOUTH.left, MOUTH.right)]
-            cu, cv = frame.to_frame(out[idx, :2])
-            side = np.where(cv < np.interp(cu, u, mid), 1.0, -1.0)
-            out[idx, :2] = frame.to_pixels(cu, cv + 0.5 * side * np.interp(cu, u, change, left=0.0, right=0.0))
+    outline = out[list(OUTER.loop), :2].reshape(-1, 1, 2)
+    idx = [i for i in range(topology.NUM_LANDMARKS) if i not in (MOUTH.left, MOUTH.right, OUTER.left, OUTER.right)
+           and cv2.pointPolygonTest(outline, tuple(float(c) for c in out[i, :2]), False) >= 0]
+    cu, cv = frame.to_frame(out[idx, :2])
+    side = np.where(cv < np.interp(cu, u, mid), 1.0, -1.0)
+    out[idx, :2] = frame.to_pixels(cu, cv + 0.5 * side * np.interp(cu, u, change, left=0.0, right=0.0))
     return out
 
 
@@ -54,11 +55,52 @@ def test_a_driver_who_closes_the_lips_closes_the_smiling_photos(smiling):
         assert _gap(out) == pytest.approx(ratio * _gap(source), abs=0.01)  # the photo's gap times the ratio
         corners = [MOUTH.left, MOUTH.right, OUTER.left, OUTER.right]
         np.testing.assert_array_equal(out[corners], additive[corners])
-        rest = np.setdiff1d(np.arange(topology.NUM_LANDMARKS), topology.LIPS_IDX)
-        np.testing.assert_array_equal(out[rest], additive[rest])
+        _assert_only_the_mouth_moved(out, additive)
         # the lips keep their thickness: inner and outer upper lip move together
         moved = out - additive
         assert abs(moved[13, 1] - moved[0, 1]) < 0.3 and abs(moved[14, 1] - moved[17, 1]) < 0.3
+
+
+# mediapipe's lip rings along the midline, top to bottom: outer upper lip (0), two rings inside the upper
+# lip, inner upper lip (13); inner lower lip (14), two rings, outer lower lip (17)
+_MIDLINE = (0, 11, 12, 13, 14, 15, 16, 17)
+
+
+def _assert_only_the_mouth_moved(out: np.ndarray, before: np.ndarray) -> None:
+    """Nothing but the lips and the skin next to them moved, the mouth corners not at all, and the lip
+    rings kept their order top to bottom (the outer contour did not fold over the rings inside it)."""
+    frame = opening_frame(before, MOUTH)
+    moved = np.linalg.norm(out[:, :2] - before[:, :2], axis=1) > 1e-4
+    corners = [MOUTH.left, MOUTH.right, OUTER.left, OUTER.right]
+    assert not moved[corners].any()
+    far = np.linalg.norm(before[:, :2] - frame.origin, axis=1) > 0.9 * frame.width
+    assert not (moved & far).any(), np.nonzero(moved & far)
+    assert moved[list(topology.LIPS_IDX)].sum() > 20
+    _, v = frame.to_frame(out[list(_MIDLINE), :2])
+    assert np.all(np.diff(v) >= -1e-3), v
+
+
+def test_lip_zero_opens_a_smiling_photo_from_closed(smiling):
+    """With ``zero`` the avatar's lip gap is the driver's (in mouth widths), however open the photo:
+    closed at the driver's closed-mouth neutral, as open as the driver's when talking."""
+    source = smiling.landmarks
+    closed = _with_gap(source, 0.0)  # the driver: the same mouth shape, lips closed at neutral
+    assert _gap(source) > 0.1 and _gap(closed) < 0.005
+    for ratio in (0.0, 0.3, 0.6):
+        driver = _with_gap(source, ratio)
+        additive = source + (driver - closed)
+        assert _gap(additive) == pytest.approx((1.0 + ratio) * _gap(source), abs=0.01)
+        out = retarget_lips(additive, source, closed, driver, zero=True)
+        assert _gap(out) == pytest.approx(_gap(driver), abs=0.01)
+        _assert_only_the_mouth_moved(out, additive)
+        # the ratio rule alone keeps the photo's opening at a closed neutral
+        np.testing.assert_array_equal(retarget_lips(additive, source, closed, driver), additive)
+    # a photo with closed lips, or one hardly more open than the neutral: exactly the additive result
+    talking = _with_gap(source, 0.5)
+    for photo, neutral in ((closed, closed), (source, _with_gap(source, 0.8))):
+        additive = photo + (talking - neutral)
+        np.testing.assert_array_equal(retarget_lips(additive, photo, neutral, talking, zero=True), additive)
+    assert _gap(source) - _gap(_with_gap(source, 0.8)) < 0.05
 
 
 def test_opening_wider_a_closed_neutral_or_a_less_open_photo_stay_additive(smiling):
@@ -81,10 +123,28 @@ def test_the_retargeter_closes_a_smile(smiling):
     gaps = {}
     for on in (True, False):
         retarget = MotionRetargeter(source, RetargetConfig(pose=False, translation=False, crop_margin=None,
-                                                           lid_ratio=False, lip_ratio=on))
+                                                           lid_ratio=False, lip_ratio=on, lip_zero=False))
         retarget.set_neutral(neutral)
         gaps[on] = _gap(retarget(driver))
     assert gaps[True] < 0.01 < 0.05 < gaps[False]
+
+
+def test_the_retargeter_closes_a_smile_at_a_closed_neutral(smiling):
+    """A driver at rest with closed lips: the default (``lip_zero``) closes the smiling photo's lips, and
+    ``lip_zero=False`` keeps the photo's opening."""
+    source = smiling.landmarks
+    closed = _with_gap(source, 0.0)
+    gaps = {}
+    for zero in (True, False):
+        retarget = MotionRetargeter(source, RetargetConfig(pose=False, translation=False, crop_margin=None,
+                                                           pose_tolerance_deg=None, lid_ratio=False,
+                                                           lip_zero=zero))
+        retarget.set_neutral(closed)
+        gaps[zero] = (_gap(retarget(closed)), _gap(retarget(_with_gap(source, 0.5))))
+    assert RetargetConfig().lip_zero
+    assert gaps[True][0] < 0.01 and gaps[True][1] == pytest.approx(0.5 * _gap(source), abs=0.01)
+    assert gaps[False][0] == pytest.approx(_gap(source), abs=0.01)
+    assert gaps[False][1] == pytest.approx(1.5 * _gap(source), abs=0.01)
 
 
 def test_closing_lips_are_drawn_without_the_squeezed_teeth(smiling):
@@ -98,7 +158,7 @@ def test_closing_lips_are_drawn_without_the_squeezed_teeth(smiling):
     assert 1.0 < frame.gap() * frame.width < 2.0
     patch = patch_around(closing[list(MOUTH.loop), :2], 1.0, warped.shape[:2])
     u, v = frame.to_frame(patch.xy)
-    margin = 1.5 / frame.width
+    margin = 0.5 / frame.width
     between = (np.abs(u) < 0.3) & (v > frame.upper(u) - margin) & (v < frame.lower(u) + margin)
     teeth = {}
     for name, config in (("seam", MouthLayerConfig()), ("off", MouthLayerConfig(closed_gap_px=0.0))):

@@ -134,7 +134,8 @@ def test_head_rotation_is_transferred_and_clamped(other_face):
 def test_recalibration_takes_a_new_neutral(driver):
     crop = crop_from_landmarks(driver[0], CropConfig(size=256))
     source = crop.to_crop(driver[0])
-    retarget = MotionRetargeter(source)
+    # (lip_zero=False: frame 0's lips are apart, and lip_zero would close them at frame 10's closed lips)
+    retarget = MotionRetargeter(source, RetargetConfig(lip_zero=False))
     retarget(driver[10])  # first call becomes the neutral
     np.testing.assert_allclose(retarget(driver[10]), source, atol=1e-2)
     retarget.clear_neutral()

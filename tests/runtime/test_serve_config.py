@@ -29,17 +29,19 @@ def _args(*extra: str):
 def test_serve_options_make_one_live_config_inside_the_server_config(capsys):
     camera = FileCamera("unused.mp4")
     cfg = server_config(_args("--expression-scale", "0.5", "--no-paste-back", "--no-neutral-pose", "--size", "512",
-                              "--virtual-camera", "--port", "0"), camera)
+                              "--virtual-camera", "--port", "0", "--keep-photo-mouth"), camera)
     assert isinstance(cfg, ServerConfig) and isinstance(cfg.live, LiveConfig)
     live = cfg.live
     assert live.camera is camera and cfg.local and cfg.port == 0
     assert live.reenact.retarget.expression_scale == 0.5 and not live.reenact.paste_back
+    assert not live.reenact.retarget.lip_zero
     assert not live.neutral_pose and live.size == 512 and live.virtual_camera and not live.preview
     assert live.renderer == DEFAULT_RENDERER
 
     defaults = server_config(_args(), None)  # no camera here: remote driving only
     assert not defaults.local and defaults.live.neutral_pose and defaults.live.reenact.paste_back
     assert defaults.live.reenact.retarget.expression_scale == 1.0 and not defaults.live.virtual_camera
+    assert defaults.live.reenact.retarget.lip_zero
     assert not server_config(_args("--no-calibrate"), None).live.neutral_pose  # the old spelling still works
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
