@@ -256,7 +256,8 @@ def _signed_gap(points: np.ndarray, frame: OpeningFrame, u: np.ndarray) -> np.nd
 
 
 def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,
-                  min_gap: float = 0.03, zero: bool = False, zero_tolerance: float = 0.05) -> np.ndarray:
+                  min_gap: float = 0.03, zero: bool = False, zero_tolerance: float = 0.05,
+                  zero_limit: tuple[float, float] = (0.4, 0.6)) -> np.ndarray:
     """A closing mouth as a *ratio* of the source's opening (as :func:`~avatar_engine.geometry.eyes.retarget_lids`
     does for the lids), or, with ``zero``, from a closed mouth.
 
@@ -278,7 +279,10 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     where the ratio above keeps the photo's opening) and opens as wide as the driver does. Excesses
     below ``zero_tolerance`` are left (two mediapipe readings of one mouth, on a photo and on a video
     frame, differ by up to about that much), fully removed from twice that, smoothly in between. The
-    lips never cross, and a photo no more open than the neutral is retargeted as before.
+    lips never cross, and a photo no more open than the neutral is retargeted as before. A photo with
+    its jaw dropped (a shout: a mean excess over the middle of the mouth from ``zero_limit[0]`` mouth
+    widths) would need its chin raised too, not only its lips closed: there the zero fades out, and
+    from ``zero_limit[1]`` the photo keeps its open mouth.
 
     The correction moves every lip landmark of the column along the mouth's vertical axis, the upper
     lip by half of it and the lower lip by the other half, so the lips keep their thickness and meet in
@@ -291,6 +295,7 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
         min_gap: the smallest neutral gap (mouth widths) a ratio is taken of.
         zero: close the source's excess over the driver's neutral instead of the ratio rule.
         zero_tolerance: the excess (mouth widths) below which ``zero`` leaves a column alone.
+        zero_limit: the mean excess (mouth widths, ``|u| <= 0.25``) over which ``zero`` fades out.
     Returns:
         ``(478, 3) float32``: ``target`` with the lip landmarks moved (the mouth corners stay).
     """
@@ -303,7 +308,10 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     if zero:
         excess = src.lower(u) - src.upper(u) - g_neutral
         x = np.clip(excess / max(zero_tolerance, 1e-6) - 1.0, 0.0, 1.0)
-        change = np.clip(x * x * (3.0 - 2.0 * x) * excess, 0.0, np.maximum(gap, 0.0))
+        jaw = np.clip((float(np.mean(excess[np.abs(u) <= 0.25])) - zero_limit[0])
+                      / max(zero_limit[1] - zero_limit[0], 1e-6), 0.0, 1.0)
+        keep = 1.0 - jaw * jaw * (3.0 - 2.0 * jaw)
+        change = np.clip(keep * x * x * (3.0 - 2.0 * x) * excess, 0.0, np.maximum(gap, 0.0))
     else:
         ratio = np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
         x = np.clip(g_neutral / min_gap - 1.0, 0.0, 1.0)

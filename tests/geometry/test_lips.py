@@ -101,6 +101,11 @@ def test_lip_zero_opens_a_smiling_photo_from_closed(smiling):
         additive = photo + (talking - neutral)
         np.testing.assert_array_equal(retarget_lips(additive, photo, neutral, talking, zero=True), additive)
     assert _gap(source) - _gap(_with_gap(source, 0.8)) < 0.05
+    # a shouting photo (jaw dropped, gap 0.7 mouth widths) keeps its open mouth: closing only the lips
+    # would leave the dropped chin under them
+    shout = _with_gap(source, 0.7 / _gap(source))
+    additive = shout + (talking - closed)
+    np.testing.assert_array_equal(retarget_lips(additive, shout, closed, talking, zero=True), additive)
 
 
 def test_opening_wider_a_closed_neutral_or_a_less_open_photo_stay_additive(smiling):
