@@ -33,6 +33,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-self", dest="self_reenactment", action="store_false", help="skip self-reenactment")
     p.add_argument("--no-face-layers", dest="face_layers", action="store_false",
                    help="plain renderers: no eye / mouth layers, additive lid retargeting (before / after comparisons)")
+    p.add_argument("--keep-photo-mouth", dest="lip_zero", action="store_false",
+                   help="retarget the mouth from the photo's opening, not from closed (before / after comparisons)")
     p.add_argument("--mouth-net", action="store_true",
                    help="with the shipped learned mouth stage (off by default, as in start / render)")
     p.add_argument("--clips", nargs="+", default=None, metavar="ID", help="only these clip ids")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         self_reenactment=args.self_reenactment, face_layers=args.face_layers, mouth_net=args.mouth_net,
         cross_drivers=args.cross_drivers, clip_ids=None if args.clips is None else tuple(args.clips),
         image_ids=None if args.images is None else tuple(args.images), device=args.device, backend=args.backend,
-        cross_neutral=args.cross_neutral,
+        cross_neutral=args.cross_neutral, lip_zero=args.lip_zero,
         progress=sys.stderr.isatty()), on_item=lambda partial: write_report(partial, args.output, partial=True))
     paths = write_report(result, args.output)
     print("\n".join(summary_lines(result)))

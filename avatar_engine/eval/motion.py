@@ -7,7 +7,7 @@ reference, then ``add_output`` once per renderer) and then gives per-renderer sc
 
 * The *transfer reference* is the face whose signals the output should reproduce: the ground
   truth's landmarks in self-reenactment, the retargeted target landmarks in cross-reenactment.
-* The *event reference* is the driver: its closed-eye frames and its teeth-visible frames, measured
+* The *event reference* is the driver: its closed-eye, closed-lip and teeth-visible frames, measured
   on the driver's image and landmarks (the ground-truth crop in self-reenactment).
 * Gaze (:data:`~avatar_engine.eval.signals.OPEN_EYE_SIGNALS`) is scored only on the frames where the
   driver's eyes are open (not :meth:`MotionTrack.closed`): behind closed lids there is no gaze, and mediapipe's iris landmarks there
@@ -33,7 +33,7 @@ TRANSFER_SIGNALS = sig.SIGNALS
 MOTION_METRICS: tuple[tuple[str, str], ...] = tuple(
     (f"{s}_{stat}", f"{s} {label}") for s in TRANSFER_SIGNALS
     for stat, label in (("corr", "correlation ↑"), ("ratio", "amplitude ratio (1 = full)"))
-) + (("blink_score", "blink score ↑"), ("teeth_score", "teeth score ↑"))
+) + (("blink_score", "blink score ↑"), ("teeth_score", "teeth score ↑"), ("lips_closed_score", "closed-lips score ↑"))
 """Per-renderer motion metrics: (key, label)."""
 
 MOMENTS: tuple[str, ...] = ("mouth", "gaze", "blink")
@@ -62,7 +62,7 @@ class MotionTrack:
 
     Args:
         renderers: renderer names, in the order their outputs are added each frame.
-        events: blink / teeth thresholds.
+        events: blink / teeth / closed-lips thresholds.
     """
 
     def __init__(self, renderers: tuple[str, ...], events: sig.EventConfig = sig.EventConfig()):
@@ -75,6 +75,8 @@ class MotionTrack:
         self.ref_eye: list[float] = []
         self.out_eye: dict[str, list[float]] = {n: [] for n in self.renderers}
         self.ref_teeth: list[bool] = []
+        self.ref_mouth: list[float] = []
+        self.out_mouth: dict[str, list[float]] = {n: [] for n in self.renderers}
         self.out_teeth: dict[str, list[bool]] = {n: [] for n in self.renderers}
         self.moments = {m: Moment(m) for m in MOMENTS}
         self._capturing: list[Moment] = []
@@ -98,6 +100,7 @@ class MotionTrack:
         self.reference.append(values)
         ev = sig.face_signals(event_points) if event_points is not None else None
         self.ref_eye.append(sig.eye_open(ev) if ev is not None else math.nan)
+        self.ref_mouth.append(ev["mouth_open"] if ev is not None else math.nan)
         self.ref_teeth.append(event_image is not None and event_points is not None
                               and sig.teeth_visible(event_image, event_points, self.events))
         self._capturing = []
@@ -120,6 +123,7 @@ class MotionTrack:
         values = sig.face_signals(points) if points is not None else self._nan
         self.outputs[name].append(values)
         self.out_eye[name].append(sig.eye_open(values))
+        self.out_mouth[name].append(values["mouth_open"])
         self.out_teeth[name].append(points is not None and sig.teeth_visible(image, points, self.events))
         if thumb is not None:
             for m in self._capturing:
@@ -141,6 +145,11 @@ class MotionTrack:
         """``(T,) bool`` closed-eye frames of the driver (``name`` None) or of an output."""
         return sig.eyes_closed(np.asarray(self.ref_eye if name is None else self.out_eye[name]), self.events)
 
+    def lips_closed(self, name: str | None) -> np.ndarray:
+        """``(T,) bool`` closed-lip frames of the driver (``name`` None) or of an output (no face: open)."""
+        gap = np.asarray(self.ref_mouth if name is None else self.out_mouth[name], np.float64)
+        return np.nan_to_num(gap, nan=np.inf) < self.events.closed_mouth
+
     def teeth(self, name: str | None) -> np.ndarray:
         """``(T,) bool`` teeth-visible frames of the driver (``name`` None) or of an output."""
         return np.asarray(self.ref_teeth if name is None else self.out_teeth[name], bool)
@@ -153,24 +162,27 @@ class MotionTrack:
             out[f"{s}_corr"], out[f"{s}_ratio"] = t.corr, t.ratio
         out["blink_score"] = sig.event_score(self.closed(None), self.closed(name))[0]
         out["teeth_score"] = sig.event_score(self.teeth(None), self.teeth(name))[0]
+        out["lips_closed_score"] = sig.event_score(self.lips_closed(None), self.lips_closed(name))[0]
         return out
 
     def event_counts(self) -> dict[str, int]:
-        """Driver frames with closed eyes / with teeth visible."""
-        return {"closed_eye_frames": int(self.closed(None).sum()), "teeth_frames": int(self.teeth(None).sum())}
+        """Driver frames with closed eyes / with teeth visible / with closed lips."""
+        return {"closed_eye_frames": int(self.closed(None).sum()), "teeth_frames": int(self.teeth(None).sum()),
+                "closed_lip_frames": int(self.lips_closed(None).sum())}
 
 
 def aggregate_motion(tracks: list[MotionTrack], name: str) -> dict[str, float]:
     """Motion metrics of renderer ``name`` pooled over ``tracks``.
 
-    Transfer: :func:`~avatar_engine.eval.signals.pooled_transfer` (each sequence de-meaned); blink and
-    teeth scores: all the driver's event frames together.
+    Transfer: :func:`~avatar_engine.eval.signals.pooled_transfer` (each sequence de-meaned); blink,
+    teeth and closed-lips scores: all the driver's event frames together.
     """
     out: dict[str, float] = {}
     for s in TRANSFER_SIGNALS:
         t = sig.pooled_transfer([tr.transfer_pair(name, s) for tr in tracks])
         out[f"{s}_corr"], out[f"{s}_ratio"] = t.corr, t.ratio
-    for key, events in (("blink_score", MotionTrack.closed), ("teeth_score", MotionTrack.teeth)):
+    for key, events in (("blink_score", MotionTrack.closed), ("teeth_score", MotionTrack.teeth),
+                        ("lips_closed_score", MotionTrack.lips_closed)):
         hits = total = 0
         for tr in tracks:
             ref, got = events(tr, None), events(tr, name)

@@ -28,7 +28,7 @@ __all__ = ["ReportPaths", "report_dict", "markdown_report", "summary_lines", "co
 
 _DECIMALS = 5
 _PERCENT = {"same_person_gt", "same_person_source", "output_no_face"}
-_TWO_DECIMALS = {"psnr", "blink_score", "teeth_score"}
+_TWO_DECIMALS = {"psnr", "blink_score", "teeth_score", "lips_closed_score"}
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,7 @@ def _motion_section(result: EvalResult, kind: str) -> list[str]:
     ref = "the ground truth" if kind == "self" else "the retargeted target"
     closed = sum(int(r.info.get("closed_eye_frames", 0)) for r in reports)
     teeth = sum(int(r.info.get("teeth_frames", 0)) for r in reports)
+    lips = sum(int(r.info.get("closed_lip_frames", 0)) for r in reports)
     lines = [f"## Motion transfer, {kind}-reenactment (output vs {ref}; pooled over the sequences)", "",
              "Each cell: correlation / amplitude ratio (std of the output over std of the reference; 1 = full, "
              "0 = frozen). Signals in inter-ocular distances, from mediapipe landmarks of output and reference; "
@@ -146,14 +147,18 @@ def _motion_section(result: EvalResult, kind: str) -> list[str]:
     rows.append([f"blink score ({closed} closed-eye driver frames) ↑"] + [_fmt("blink_score", agg[n]["blink_score"]) for n in names])
     rows.append([f"teeth score ({teeth} teeth-visible driver frames) ↑"] +
                 [_fmt("teeth_score", agg[n]["teeth_score"]) for n in names])
+    rows.append([f"closed-lips score ({lips} closed-lip driver frames) ↑"] +
+                [_fmt("lips_closed_score", agg[n]["lips_closed_score"]) for n in names])
     lines += _table(["signal"] + names, rows) + [""]
     header = ["clip" if kind == "self" else "photo/driver", "renderer"] + \
-        [_SIGNAL_LABELS[s] for s in _PER_SEQUENCE_SIGNALS] + ["blink", "teeth"]
+        [_SIGNAL_LABELS[s] for s in _PER_SEQUENCE_SIGNALS] + ["blink", "teeth", "closed lips"]
     rows = [[r.item, n] + [_pair(r.metrics[n], s) for s in _PER_SEQUENCE_SIGNALS] +
             [f"{_fmt('blink_score', r.metrics[n]['blink_score'])} ({r.info.get('closed_eye_frames', 0)})",
-             f"{_fmt('teeth_score', r.metrics[n]['teeth_score'])} ({r.info.get('teeth_frames', 0)})"]
+             f"{_fmt('teeth_score', r.metrics[n]['teeth_score'])} ({r.info.get('teeth_frames', 0)})",
+             f"{_fmt('lips_closed_score', r.metrics[n]['lips_closed_score'])} ({r.info.get('closed_lip_frames', 0)})"]
             for r in reports for n in names]
-    return lines + [f"Per {'clip' if kind == 'self' else 'pair'} (blink / teeth: score (driver event frames)):", ""] + \
+    return lines + [f"Per {'clip' if kind == 'self' else 'pair'} (blink / teeth / closed lips: score (driver event "
+                    "frames)):", ""] + \
         _table(header, rows) + [""]
 
 

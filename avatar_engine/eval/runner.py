@@ -143,6 +143,8 @@ class EvalConfig:
         backend: their inference backend (``avatar_engine.backends.BACKEND_CHOICES``).
         sheet_frames: columns (frames) per row of the contact sheet.
         sheet_thumb: side of a contact-sheet thumbnail in pixels.
+        lip_zero: retarget the mouth from closed (``RetargetConfig.lip_zero``, as ``render`` / ``start``
+            by default; False: ``--keep-photo-mouth``, for before / after).
         cross_neutral: the driver's neutral in cross-reenactment: ``"chosen"`` (as ``render`` chooses
             it) or ``"first"`` (its first face frame; see the module docstring).
         progress: show a progress bar (stderr); without it, one log line (logger ``avatar_engine``,
@@ -167,6 +169,7 @@ class EvalConfig:
     backend: str = "eager"
     sheet_frames: int = 6
     sheet_thumb: int = 96
+    lip_zero: bool = True
     cross_neutral: str = "chosen"
     progress: bool = False
     flow: metrics.FlowConfig = field(default_factory=metrics.FlowConfig)
@@ -194,7 +197,7 @@ class EvalConfig:
             "self": self.self_reenactment, "cross": self.cross, "cross_drivers": self.cross_drivers,
             "clip_ids": None if self.clip_ids is None else list(self.clip_ids),
             "image_ids": None if self.image_ids is None else list(self.image_ids),
-            "region_margin": self.region_margin, "face_layers": self.face_layers,
+            "region_margin": self.region_margin, "face_layers": self.face_layers, "lip_zero": self.lip_zero,
             "mouth_net": self.mouth_net, "device": self.device, "flow": dict(self.flow.__dict__),
             "same_person_threshold": SAME_PERSON_THRESHOLD,
         }
@@ -316,7 +319,8 @@ class _Evaluator:
                 r.layers = None
             if config.mouth_net:
                 r.mouth_weights = DEFAULT_MOUTH_WEIGHTS
-        self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers))
+        self.reenact = ReenactConfig(paste_back=False, retarget=RetargetConfig(lid_ratio=config.face_layers,
+                                                                                 lip_zero=config.lip_zero))
         self._source_ids: dict[str, np.ndarray | None] = {}
         self._neutrals: dict[str, NeutralChoice] = {}  # driver clip id -> the neutral render chooses
 

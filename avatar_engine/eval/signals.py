@@ -74,6 +74,8 @@ class EventConfig:
         teeth_max_saturation, teeth_min_value: HSV (0..255) bounds of a "teeth" pixel.
         teeth_min_share: teeth are visible when at least this share of the mouth-opening pixels is teeth.
         teeth_min_area: ... and the opening's polygon has at least this area (pixels).
+        closed_mouth: lips count as closed below this inner-lip gap (inter-ocular distances; a closed
+            mouth reads 0.00-0.01 on real and rendered faces, lips apart at rest 0.05 and more).
     """
 
     closed_fraction: float = 0.5
@@ -82,6 +84,7 @@ class EventConfig:
     teeth_min_value: int = 120
     teeth_min_share: float = 0.1
     teeth_min_area: float = 12.0
+    closed_mouth: float = 0.03
 
 
 def _gap(p: np.ndarray, pairs: tuple[tuple[int, int], ...]) -> float:

@@ -110,6 +110,21 @@ def test_cross_reenactment_takes_the_neutral_render_takes(data_dir):
     assert pairs["chosen"].metrics["mesh"]["expression_error"] != pairs["first"].metrics["mesh"]["expression_error"]
 
 
+def test_lip_zero_closes_a_grinning_photos_lips_with_the_driver(data_dir):
+    """A photo smiling with its lips apart (I070) driven by a driver whose lips are closed (C054, frames
+    6-9): with the default lip zero the output's lips close on the driver's closed-lip frames, with
+    --keep-photo-mouth they stay apart (closed-lips score)."""
+    scores = {}
+    for zero in (True, False):
+        config = EvalConfig(data=data_dir, renderers=("mesh",), self_reenactment=False, max_frames_per_clip=10,
+                            image_ids=("I070",), cross_drivers=2, identity_every=100, lip_zero=zero)
+        assert config.describe()["lip_zero"] is zero
+        report = next(r for r in run_evaluation(config).cross_reports if r.info["driver"] == "C054")
+        assert report.info["closed_lip_frames"] > 0
+        scores[zero] = report.metrics["mesh"]["lips_closed_score"]
+    assert scores[True] >= 0.25 and scores[False] == 0.0, scores
+
+
 def test_rerun_is_identical(two_runs):
     a, b = two_runs[0]
     assert a.read_bytes() == b.read_bytes()

@@ -130,6 +130,32 @@ def test_motion_track_scores_and_moments(face):
     assert pooled["mouth_open_ratio"] == pytest.approx(1.0) and pooled["teeth_score"] == 1.0
 
 
+def test_closed_lips_score(face):
+    """The driver's closed-lip frames (inner-lip gap under ``EventConfig.closed_mouth`` IOD): an output
+    that closes its lips with the driver scores 1, one that keeps a photo's parted lips 0, and a frame
+    without a face on the output counts as open."""
+    rgb, p = face
+    iod = np.linalg.norm(p[263, :2] - p[33, :2])
+    upper = [i for i in topology.INNER_LIPS_IDX if p[i, 1] <= p[13, 1] + 1]
+    lower = [i for i in topology.INNER_LIPS_IDX if i not in upper]
+
+    def with_gap(g: float) -> np.ndarray:
+        out = p.copy()
+        out[lower, 1] = out[upper, 1].mean() + g * iod
+        return out
+
+    track = MotionTrack(("follows", "photo"))
+    for k in range(10):
+        driver = with_gap(0.0 if k % 2 else 0.15)  # closed on the odd frames
+        track.begin_frame(driver, rgb, driver)
+        track.add_output("follows", rgb, driver if k != 9 else None)
+        track.add_output("photo", rgb, with_gap(0.15 + (0.0 if k % 2 else 0.1)))
+    assert track.event_counts()["closed_lip_frames"] == 5
+    assert track.scores("follows")["lips_closed_score"] == pytest.approx(4 / 5)
+    assert track.scores("photo")["lips_closed_score"] == 0.0
+    assert aggregate_motion([track], "follows")["lips_closed_score"] == pytest.approx(4 / 5)
+
+
 def test_gaze_is_scored_only_while_the_drivers_eyes_are_open(face):
     """During a blink the reference's iris landmarks are guesses: an output that follows the driver's
     gaze on every open-eye frame scores a full correlation whatever its irises do behind closed lids,
