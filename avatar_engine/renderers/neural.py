@@ -4,7 +4,7 @@ Per source (cached under ``source.key``): the mesh warp of the source (the geome
 identity embedding z_id (dlib descriptor of the source crop, :mod:`avatar_engine.face.identity`) and both
 networks' source encoders. Per frame: the mesh grid for the target landmarks (PyTorch), then one graph
 (:class:`~avatar_engine.models.frame_graph.NeuralFrameGraph`: connectivity lines, residual flow,
-warp, refinement) run by the inference backend (``backend``, :mod:`avatar_engine.backends`), loaded
+warp, refinement, detail transfer) run by the inference backend (``backend``, :mod:`avatar_engine.backends`), loaded
 once: the per-source tensors are its inputs, so a new source needs no new graph.
 
 The model renders at its own crop size (256 for the shipped weights); sources prepared at another
@@ -30,7 +30,7 @@ from avatar_engine.renderers.base import Renderer
 from avatar_engine.renderers.mesh import MeshRenderer
 from avatar_engine.face.source import SourceFace
 from avatar_engine.geometry.mesh_warp import MeshWarp
-from avatar_engine.models.frame_graph import NeuralFrameGraph
+from avatar_engine.models.frame_graph import DetailTransfer, NeuralFrameGraph
 
 __all__ = ["NeuralRenderer", "create_neural_renderer"]
 
@@ -46,6 +46,8 @@ class NeuralRenderer(Renderer):
         model: an already built model (overrides ``weights``; tests, training previews).
         backend: inference backend of the per-frame graph (:data:`avatar_engine.backends.BACKEND_CHOICES`).
         backend_options: its options (cache folder, threads, GPU precision).
+        detail: put the warped photo's fine detail back into the refined image
+            (:class:`~avatar_engine.models.frame_graph.DetailTransfer`; False: the network's image as it is).
     Attributes:
         backend_choice: what the backend request resolved to (None until the first source is prepared).
     Raises:
@@ -57,8 +59,9 @@ class NeuralRenderer(Renderer):
 
     def __init__(self, device: torch.device | str = "cpu", weights: str | Path | None = None,
                  model: NeuralAvatar | None = None, backend: str = "eager",
-                 backend_options: BackendOptions | None = None):
+                 backend_options: BackendOptions | None = None, detail: bool = True):
         super().__init__(device)
+        self.detail = DetailTransfer() if detail else None
         check_backend(backend)
         self.backend, self.backend_options = backend, backend_options
         self.backend_choice: BackendChoice | None = None
@@ -118,7 +121,7 @@ class NeuralRenderer(Renderer):
         assert self._mesh is not None and self._cache is not None
         with torch.inference_mode():
             grid = self._mesh.grid(points)
-        spec = NeuralFrameGraph(self.model).eval().spec(self._cache, points, grid)
+        spec = NeuralFrameGraph(self.model, self.detail).to(self.device).eval().spec(self._cache, points, grid)
         runner, self.backend_choice = accelerate(spec, self.backend, self.backend_options)
         return runner
 

@@ -20,7 +20,7 @@ from avatar_engine.face.landmarks import LandmarkConfig, LandmarkDetector
 from avatar_engine.face.source import SourceConfig, SourceFace, prepare_source
 from avatar_engine.geometry.rasterizer import ConnectivityRasterizer, RasterConfig
 from avatar_engine.io.video import iter_frames
-from avatar_engine.models.frame_graph import NeuralFrameGraph, SRStepGraph
+from avatar_engine.models.frame_graph import DetailTransfer, NeuralFrameGraph, SRStepGraph
 from avatar_engine.models.sr_net import SRConfig, SRNet
 from avatar_engine.pipeline.super_resolution import SuperResolver
 from avatar_engine.renderers.neural import NeuralRenderer
@@ -76,6 +76,47 @@ def test_neural_graph_is_the_model(clip):
         expected = ((renderer.model(renderer._cache, pts, grid).image + 1) * 0.5).clamp(0, 1)
         got = graph(*graph.example_inputs(renderer._cache, pts, grid))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_neural_graph_with_detail_is_the_model_then_the_detail_transfer(clip):
+    source, targets, _ = clip
+    renderer = NeuralRenderer()
+    renderer.render(source, targets[0])
+    detail = DetailTransfer()
+    graph = NeuralFrameGraph(renderer.model, detail).eval()
+    pts = torch.from_numpy(targets[1])[None]
+    with torch.inference_mode():
+        grid = renderer._mesh.grid(pts)
+        out = renderer.model(renderer._cache, pts, grid)
+        expected = ((detail(out.image, out.warped) + 1) * 0.5).clamp(0, 1)
+        got = graph(*graph.example_inputs(renderer._cache, pts, grid))
+        plain = NeuralFrameGraph(renderer.model).eval()(*graph.example_inputs(renderer._cache, pts, grid))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert (got - plain).abs().max() > 0.01  # the shipped renderer's output is not the network's as it is
+    assert renderer.detail is not None and NeuralRenderer(detail=False).detail is None
+
+
+def _high(x: torch.Tensor, detail: DetailTransfer) -> torch.Tensor:
+    return x - detail.blur(x)
+
+
+def test_detail_transfer_takes_the_warps_detail_where_the_two_agree():
+    """A refined image that is the warped one blurred and a little brighter gets the warped image's
+    fine detail back and keeps its own brightness; where it painted something else (a flat patch) it
+    stays as it is."""
+    g = torch.Generator().manual_seed(0)
+    detail = DetailTransfer(sigma=1.0, tau=0.05)
+    smooth = DetailTransfer(sigma=4.0).blur(torch.rand(1, 3, 48, 48, generator=g) * 2 - 1)  # shading
+    warped = smooth + 0.05 * (torch.rand(1, 3, 48, 48, generator=g) * 2 - 1)  # + fine texture
+    refined = detail.blur(warped) + 0.005
+    refined[..., 30:, 30:] = 0.8  # the network filled this part in
+    out = detail(refined, warped)
+    inside, painted = (slice(None), slice(None), slice(4, 24), slice(4, 24)), (slice(None), slice(None), slice(34, 44), slice(34, 44))
+    hf_in, hf_warp, hf_ref = (_high(t, detail)[inside] for t in (out, warped, refined))
+    assert (hf_in - hf_warp).abs().mean() < 0.2 * (hf_ref - hf_warp).abs().mean()
+    assert (detail.blur(out) - detail.blur(refined))[inside].abs().mean() < 0.01  # coarse content kept
+    torch.testing.assert_close(out[painted], refined[painted], rtol=0, atol=1e-3)
+    torch.testing.assert_close(DetailTransfer(sigma=0)(refined, warped), refined)
 
 
 def test_sr_step_graph_is_the_streaming_network():
