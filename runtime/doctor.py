@@ -134,13 +134,14 @@ def check_backends(device: str = "cpu", threads: int = 1, runs: int = 5) -> list
     from avatar_engine.backends.base import BackendUnavailable
     from avatar_engine.errors import WeightsError
     from avatar_engine.models.base_model import load_model
-    from avatar_engine.models.frame_graph import NeuralFrameGraph
+    from avatar_engine.models.frame_graph import DetailTransfer, NeuralFrameGraph
 
     status = available_backends(device)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        spec = NeuralFrameGraph(load_model(device=device)).eval().synthetic_spec()
+        graph = NeuralFrameGraph(load_model(device=device), DetailTransfer().to(device))  # as the renderer runs it
+        spec = graph.eval().synthetic_spec()
     except WeightsError as exc:
         spec = None
         status = {name: why or f"not timed: {exc}" for name, why in status.items()}
