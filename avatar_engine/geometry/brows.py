@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatar_engine.geometry.openings import sample
+from avatar_engine.geometry.openings import sample, smoothstep
 
 __all__ = ["BROW_SIDES", "BrowSide", "BrowBand", "brow_band", "carry_under_brow"]
 
@@ -104,8 +104,7 @@ def brow_band(image: np.ndarray, landmarks: np.ndarray) -> BrowBand:
             upper_ring = pts[ring_idx[:len(ring) // 2]]
             above = np.concatenate([_nearest(upper_ring, pts[brow_idx]), _nearest(lower_ring, upper_ring)])
             dark = (skin - sample(gray, 0.5 * (pts[ring_idx] + above))) / contrast
-            x = np.clip((dark - 0.2) / 0.5, 0.0, 1.0)
-            w = (x * x * (3.0 - 2.0 * x)).astype(np.float32)
+            w = smoothstep(dark, 0.2, 0.7).astype(np.float32)
         along = pts[lid[-1]] - pts[lid[0]]
         along /= max(float(np.linalg.norm(along)), 1e-6)
         up = np.array([along[1], -along[0]], np.float32)  # perpendicular to the eye's axis ...

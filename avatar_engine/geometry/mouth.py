@@ -36,7 +36,7 @@ import numpy as np
 
 from avatar_engine.face import topology
 from avatar_engine.geometry.mouth_bank import MouthBank, lip_colour, mouth_shape
-from avatar_engine.geometry.openings import MOUTH, Opening, OpeningFrame, opening_frame, patch_around
+from avatar_engine.geometry.openings import MOUTH, Opening, OpeningFrame, opening_frame, patch_around, smoothstep
 from avatar_engine.geometry.teeth import TeethCue, is_teeth
 
 __all__ = ["MouthLayerConfig", "MouthLayer", "MOUTH", "retarget_lips"]
@@ -307,15 +307,12 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     gap = _signed_gap(out, cur, u)
     if zero:
         excess = src.lower(u) - src.upper(u) - g_neutral
-        x = np.clip(excess / max(zero_tolerance, 1e-6) - 1.0, 0.0, 1.0)
-        jaw = np.clip((float(np.mean(excess[np.abs(u) <= 0.25])) - zero_limit[0])
-                      / max(zero_limit[1] - zero_limit[0], 1e-6), 0.0, 1.0)
-        keep = 1.0 - jaw * jaw * (3.0 - 2.0 * jaw)
-        change = np.clip(keep * x * x * (3.0 - 2.0 * x) * excess, 0.0, np.maximum(gap, 0.0))
+        keep = 1.0 - smoothstep(float(np.mean(excess[np.abs(u) <= 0.25])), *zero_limit)
+        change = np.clip(keep * smoothstep(excess, zero_tolerance, 2.0 * zero_tolerance) * excess, 0.0,
+                         np.maximum(gap, 0.0))
     else:
         ratio = np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
-        x = np.clip(g_neutral / min_gap - 1.0, 0.0, 1.0)
-        weight = x * x * (3.0 - 2.0 * x)
+        weight = smoothstep(g_neutral, min_gap, 2.0 * min_gap)
         wanted = np.maximum(src.lower(u) - src.upper(u), 0.0) * ratio
         change = np.where(g_now < g_neutral, weight * np.maximum(gap - wanted, 0.0), 0.0)
     if not np.any(change):
@@ -340,9 +337,8 @@ def _narrow_lips(points: np.ndarray, frame: OpeningFrame, u: np.ndarray, change:
         order = np.argsort(cu, kind="stable")
         outer_v.append(np.interp(pu, cu[order], cv[order]))
     top, bottom = (outer_v[0], outer_v[1]) if 0 in _OUTER_LIPS.chains()[0] else (outer_v[1], outer_v[0])
-    beyond = np.where(upper, top - pv, pv - bottom) / reach  # > 0 outside the outer lip line
-    x = np.clip(1.0 - beyond, 0.0, 1.0)
-    follow = x * x * (3.0 - 2.0 * x)
+    beyond = np.where(upper, top - pv, pv - bottom)  # > 0 outside the outer lip line
+    follow = 1.0 - smoothstep(beyond, 0.0, reach)
     follow[[MOUTH.left, MOUTH.right, _OUTER_LIPS.left, _OUTER_LIPS.right]] = 0.0
     shift = 0.5 * np.where(upper, 1.0, -1.0) * np.interp(pu, u, change, left=0.0, right=0.0) * follow
     moved = np.nonzero(shift)[0]

@@ -19,7 +19,7 @@ import numpy as np
 
 from avatar_engine.face import topology
 
-__all__ = ["Opening", "OpeningFrame", "opening_frame", "Patch", "patch_around", "sample", "MOUTH"]
+__all__ = ["Opening", "OpeningFrame", "opening_frame", "Patch", "patch_around", "sample", "smoothstep", "MOUTH"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,12 @@ class Patch:
         out[self.y0:self.y1, self.x0:self.x1] = np.clip(alpha * colour + (1.0 - alpha) * block + 0.5, 0, 255
                                                         ).astype(np.uint8)
         return out
+
+
+def smoothstep(x, lo: float, hi: float):
+    """0 below ``lo``, 1 above ``hi``, the cubic ``3t^2 - 2t^3`` in between (``x``: array or float)."""
+    t = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:

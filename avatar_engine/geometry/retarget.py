@@ -40,6 +40,7 @@ from avatar_engine.face.crop import face_extent
 from avatar_engine.geometry.brows import brow_band, carry_under_brow
 from avatar_engine.geometry.eyes import retarget_lids
 from avatar_engine.geometry.mouth import retarget_lips
+from avatar_engine.geometry.openings import smoothstep
 from avatar_engine.geometry.head_pose import head_pose
 
 __all__ = ["RetargetConfig", "Similarity", "fit_similarity", "rigid_indices", "soft_limit", "MotionRetargeter"]
@@ -360,8 +361,8 @@ class MotionRetargeter:
             self._limit_brows(expression, *cfg.brow_limit)
         b = self._to_source
         fade_from, fade_to = cfg.expression_fade_deg
-        turn = min(max((_rotation_angle_deg(motion.rotation) - fade_from) / max(fade_to - fade_from, 1e-6), 0.0), 1.0)
-        fade = 1.0 - (1.0 - cfg.expression_fade_floor) * turn * turn * (3.0 - 2.0 * turn)  # smoothstep
+        turn = smoothstep(_rotation_angle_deg(motion.rotation), fade_from, fade_to)
+        fade = 1.0 - (1.0 - cfg.expression_fade_floor) * float(turn)
         y = self.source + (cfg.expression_scale * fade * b.scale) * expression @ b.rotation.T
         if self._brow_band is not None and cfg.carry_under_brow > 0.0:
             y = carry_under_brow(y, self.source, self._brow_band, cfg.carry_under_brow)
