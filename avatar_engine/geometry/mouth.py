@@ -257,7 +257,7 @@ def _signed_gap(points: np.ndarray, frame: OpeningFrame, u: np.ndarray) -> np.nd
 
 def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,
                   min_gap: float = 0.03, zero: bool = False, zero_tolerance: float = 0.05,
-                  zero_limit: tuple[float, float] = (0.4, 0.6)) -> np.ndarray:
+                  zero_limit: tuple[float, float] = (0.4, 0.6), zero_strength: float = 1.0) -> np.ndarray:
     """A closing mouth as a *ratio* of the source's opening (as :func:`~avatar_engine.geometry.eyes.retarget_lids`
     does for the lids), or, with ``zero``, from a closed mouth.
 
@@ -296,6 +296,7 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
         zero: close the source's excess over the driver's neutral instead of the ratio rule.
         zero_tolerance: the excess (mouth widths) below which ``zero`` leaves a column alone.
         zero_limit: the mean excess (mouth widths, ``|u| <= 0.25``) over which ``zero`` fades out.
+        zero_strength: the share of the excess ``zero`` removes (the retargeter's expression scale, at most 1).
     Returns:
         ``(478, 3) float32``: ``target`` with the lip landmarks moved (the mouth corners stay).
     """
@@ -307,7 +308,7 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     gap = _signed_gap(out, cur, u)
     if zero:
         excess = src.lower(u) - src.upper(u) - g_neutral
-        keep = 1.0 - smoothstep(float(np.mean(excess[np.abs(u) <= 0.25])), *zero_limit)
+        keep = zero_strength * (1.0 - smoothstep(float(np.mean(excess[np.abs(u) <= 0.25])), *zero_limit))
         change = np.clip(keep * smoothstep(excess, zero_tolerance, 2.0 * zero_tolerance) * excess, 0.0,
                          np.maximum(gap, 0.0))
     else:

@@ -93,6 +93,7 @@ class RetargetConfig:
             LivePortrait's "lip zero"): a photo that smiles with its teeth showing closes its lips
             whenever the driver's are closed, at rest too, and opens as wide as the driver's; photos
             with closed lips are unchanged. False keeps the photo's open mouth at the driver's neutral.
+            An ``expression_scale`` below 1 removes that share of the photo's opening (0: none).
         carry_under_brow: with the source photo given, the mesh rings between brow and upper lid rise
             with a raised brow by this times their hair-likeness (:mod:`avatar_engine.geometry.brows`):
             the brow's hair moves with it and the lid skin stretches instead (0: off).
@@ -368,8 +369,9 @@ class MotionRetargeter:
             y = carry_under_brow(y, self.source, self._brow_band, cfg.carry_under_brow)
         if cfg.lip_ratio:
             y = retarget_lips(y, self.source, self._neutral, self._neutral + expression)
-        if cfg.lip_zero:
-            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression, zero=True)
+        if cfg.lip_zero and cfg.expression_scale > 0:  # a smaller expression scale closes the photo's lips less
+            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression, zero=True,
+                              zero_strength=min(cfg.expression_scale, 1.0))
         if cfg.lid_ratio:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression, gain=cfg.lid_gain)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)

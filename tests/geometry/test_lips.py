@@ -150,6 +150,13 @@ def test_the_retargeter_closes_a_smile_at_a_closed_neutral(smiling):
     assert gaps[True][0] < 0.01 and gaps[True][1] == pytest.approx(0.5 * _gap(source), abs=0.01)
     assert gaps[False][0] == pytest.approx(_gap(source), abs=0.01)
     assert gaps[False][1] == pytest.approx(1.5 * _gap(source), abs=0.01)
+    # --expression-scale 0 (no expressions) leaves the photo's mouth as it is, 0.5 closes it half-way
+    for scale, expected in ((0.0, 1.0), (0.5, 0.5)):
+        retarget = MotionRetargeter(source, RetargetConfig(pose=False, translation=False, crop_margin=None,
+                                                           pose_tolerance_deg=None, lid_ratio=False,
+                                                           expression_scale=scale))
+        retarget.set_neutral(closed)
+        assert _gap(retarget(closed)) == pytest.approx(expected * _gap(source), abs=0.01)
 
 
 def test_closing_lips_are_drawn_without_the_squeezed_teeth(smiling):
