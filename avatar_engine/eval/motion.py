@@ -76,7 +76,6 @@ class MotionTrack:
         self.out_eye: dict[str, list[float]] = {n: [] for n in self.renderers}
         self.ref_teeth: list[bool] = []
         self.ref_mouth: list[float] = []
-        self.out_mouth: dict[str, list[float]] = {n: [] for n in self.renderers}
         self.out_teeth: dict[str, list[bool]] = {n: [] for n in self.renderers}
         self.moments = {m: Moment(m) for m in MOMENTS}
         self._capturing: list[Moment] = []
@@ -123,7 +122,6 @@ class MotionTrack:
         values = sig.face_signals(points) if points is not None else self._nan
         self.outputs[name].append(values)
         self.out_eye[name].append(sig.eye_open(values))
-        self.out_mouth[name].append(values["mouth_open"])
         self.out_teeth[name].append(points is not None and sig.teeth_visible(image, points, self.events))
         if thumb is not None:
             for m in self._capturing:
@@ -147,7 +145,7 @@ class MotionTrack:
 
     def lips_closed(self, name: str | None) -> np.ndarray:
         """``(T,) bool`` closed-lip frames of the driver (``name`` None) or of an output (no face: open)."""
-        gap = np.asarray(self.ref_mouth if name is None else self.out_mouth[name], np.float64)
+        gap = np.asarray(self.ref_mouth, np.float64) if name is None else self.series(name, "mouth_open")
         return np.nan_to_num(gap, nan=np.inf) < self.events.closed_mouth
 
     def teeth(self, name: str | None) -> np.ndarray:

@@ -42,6 +42,9 @@ from avatar_engine.geometry.teeth import TeethCue, is_teeth
 __all__ = ["MouthLayerConfig", "MouthLayer", "MOUTH", "retarget_lips"]
 
 _OUTER_LIPS = Opening(tuple(int(i) for i in topology.OUTER_LIPS_LOOP), 61, 291)
+# each lip line's two chains (corner to corner), the upper lip's first (it holds landmark 0 / 13)
+_OUTER_CHAINS = tuple(sorted(_OUTER_LIPS.chains(), key=lambda chain: 0 not in chain))
+_INNER_CHAINS = tuple(sorted(MOUTH.chains(), key=lambda chain: 13 not in chain))
 
 
 _OUTER_EYE_CORNERS = (33, 263)
@@ -245,21 +248,15 @@ class MouthLayer:
 def _signed_gap(points: np.ndarray, frame: OpeningFrame, u: np.ndarray) -> np.ndarray:
     """Inner-lip gap of ``points`` at ``u`` in ``frame``'s units, the upper lip told by its landmark (13), not by
     which chain lies higher: negative where the lips crossed."""
-    first, second = MOUTH.chains()
-    upper, lower = (first, second) if 13 in first else (second, first)
-    v = []
-    for chain in (upper, lower):
-        cu, cv = frame.to_frame(np.asarray(points, np.float64)[chain, :2])
-        order = np.argsort(cu, kind="stable")
-        v.append(np.interp(u, cu[order], cv[order]))
-    return v[1] - v[0]
+    upper, lower = (_chain_v(points, frame, chain, u) for chain in _INNER_CHAINS)
+    return lower - upper
 
 
 def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.ndarray, driver: np.ndarray,
-                  min_gap: float = 0.03, zero: bool = False, zero_tolerance: float = 0.05,
+                  min_gap: float = 0.03, ratio: bool = True, zero: bool = False, zero_tolerance: float = 0.05,
                   zero_limit: tuple[float, float] = (0.4, 0.6), zero_strength: float = 1.0) -> np.ndarray:
     """A closing mouth as a *ratio* of the source's opening (as :func:`~avatar_engine.geometry.eyes.retarget_lids`
-    does for the lids), or, with ``zero``, from a closed mouth.
+    does for the lids), and, with ``zero``, from a closed mouth.
 
     Additive retargeting closes the source's mouth by as much as the driver's closed since the neutral:
     a photo that smiles with its teeth showing, driven by someone whose neutral has the lips apart,
@@ -282,7 +279,9 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     lips never cross, and a photo no more open than the neutral is retargeted as before. A photo with
     its jaw dropped (a shout: a mean excess over the middle of the mouth from ``zero_limit[0]`` mouth
     widths) would need its chin raised too, not only its lips closed: there the zero fades out, and
-    from ``zero_limit[1]`` the photo keeps its open mouth.
+    from ``zero_limit[1]`` the photo keeps its open mouth. Where the zero acts it replaces the ratio rule
+    (applying both would close the excess twice); where it fades (small excess, a shout, a smaller
+    ``zero_strength``) the ratio rule takes over.
 
     The correction moves every lip landmark of the column along the mouth's vertical axis, the upper
     lip by half of it and the lower lip by the other half, so the lips keep their thickness and meet in
@@ -293,7 +292,8 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
         source: ``(478, 3)`` source landmarks.
         driver_neutral, driver: ``(478, 3)`` the driver's neutral and current landmarks in one head frame.
         min_gap: the smallest neutral gap (mouth widths) a ratio is taken of.
-        zero: close the source's excess over the driver's neutral instead of the ratio rule.
+        ratio: apply the ratio rule.
+        zero: close the source's excess over the driver's neutral (in place of the ratio rule where it acts).
         zero_tolerance: the excess (mouth widths) below which ``zero`` leaves a column alone.
         zero_limit: the mean excess (mouth widths, ``|u| <= 0.25``) over which ``zero`` fades out.
         zero_strength: the share of the excess ``zero`` removes (the retargeter's expression scale, at most 1).
@@ -306,19 +306,27 @@ def retarget_lips(target: np.ndarray, source: np.ndarray, driver_neutral: np.nda
     g_neutral = neutral.lower(u) - neutral.upper(u)
     g_now = now.lower(u) - now.upper(u)
     gap = _signed_gap(out, cur, u)
-    if zero:
-        excess = src.lower(u) - src.upper(u) - g_neutral
-        keep = zero_strength * (1.0 - smoothstep(float(np.mean(excess[np.abs(u) <= 0.25])), *zero_limit))
-        change = np.clip(keep * smoothstep(excess, zero_tolerance, 2.0 * zero_tolerance) * excess, 0.0,
-                         np.maximum(gap, 0.0))
-    else:
-        ratio = np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
+    g_src = src.lower(u) - src.upper(u)
+    change = np.zeros_like(u)
+    if ratio:
+        wanted = np.maximum(g_src, 0.0) * np.clip(g_now / np.maximum(g_neutral, 1e-6), 0.0, 1.0)
         weight = smoothstep(g_neutral, min_gap, 2.0 * min_gap)
-        wanted = np.maximum(src.lower(u) - src.upper(u), 0.0) * ratio
         change = np.where(g_now < g_neutral, weight * np.maximum(gap - wanted, 0.0), 0.0)
+    if zero:
+        excess = g_src - g_neutral
+        keep = zero_strength * (1.0 - smoothstep(float(np.mean(excess[np.abs(u) <= 0.25])), *zero_limit))
+        acts = keep * smoothstep(excess, zero_tolerance, 2.0 * zero_tolerance)  # (33,) in [0, 1]
+        change = np.clip(acts * excess + (1.0 - acts) * change, 0.0, np.maximum(gap, 0.0))
     if not np.any(change):
         return out
     return _narrow_lips(out, cur, u, change)
+
+
+def _chain_v(points: np.ndarray, frame: OpeningFrame, chain: list[int], u: np.ndarray) -> np.ndarray:
+    """``v`` of the landmark ``chain`` of ``points`` at the frame positions ``u`` (interpolated along ``u``)."""
+    cu, cv = frame.to_frame(np.asarray(points, np.float64)[chain, :2])
+    order = np.argsort(cu, kind="stable")
+    return np.interp(u, cu[order], cv[order])
 
 
 def _narrow_lips(points: np.ndarray, frame: OpeningFrame, u: np.ndarray, change: np.ndarray,
@@ -332,12 +340,7 @@ def _narrow_lips(points: np.ndarray, frame: OpeningFrame, u: np.ndarray, change:
     pu, pv = frame.to_frame(out[:, :2])
     mid = np.interp(pu, u, 0.5 * (frame.upper(u) + frame.lower(u)))
     upper = pv < mid
-    outer_v = []
-    for chain in _OUTER_LIPS.chains():
-        cu, cv = frame.to_frame(out[chain, :2])
-        order = np.argsort(cu, kind="stable")
-        outer_v.append(np.interp(pu, cu[order], cv[order]))
-    top, bottom = (outer_v[0], outer_v[1]) if 0 in _OUTER_LIPS.chains()[0] else (outer_v[1], outer_v[0])
+    top, bottom = (_chain_v(out, frame, chain, pu) for chain in _OUTER_CHAINS)
     beyond = np.where(upper, top - pv, pv - bottom)  # > 0 outside the outer lip line
     follow = 1.0 - smoothstep(beyond, 0.0, reach)
     follow[[MOUTH.left, MOUTH.right, _OUTER_LIPS.left, _OUTER_LIPS.right]] = 0.0

@@ -367,11 +367,10 @@ class MotionRetargeter:
         y = self.source + (cfg.expression_scale * fade * b.scale) * expression @ b.rotation.T
         if self._brow_band is not None and cfg.carry_under_brow > 0.0:
             y = carry_under_brow(y, self.source, self._brow_band, cfg.carry_under_brow)
-        if cfg.lip_ratio:
-            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression)
-        if cfg.lip_zero and cfg.expression_scale > 0:  # a smaller expression scale closes the photo's lips less
-            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression, zero=True,
-                              zero_strength=min(cfg.expression_scale, 1.0))
+        zero = cfg.lip_zero and cfg.expression_scale > 0  # a smaller expression scale closes the photo's lips less
+        if cfg.lip_ratio or zero:
+            y = retarget_lips(y, self.source, self._neutral, self._neutral + expression, ratio=cfg.lip_ratio,
+                              zero=zero, zero_strength=min(cfg.expression_scale, 1.0))
         if cfg.lid_ratio:
             y = retarget_lids(y, self.source, self._neutral, self._neutral + expression, gain=cfg.lid_gain)
         centre_n = self._neutral[self.rigid].mean(0).astype(np.float64)

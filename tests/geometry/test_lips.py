@@ -99,7 +99,8 @@ def test_lip_zero_opens_a_smiling_photo_from_closed(smiling):
     talking = _with_gap(source, 0.5)
     for photo, neutral in ((closed, closed), (source, _with_gap(source, 0.8))):
         additive = photo + (talking - neutral)
-        np.testing.assert_array_equal(retarget_lips(additive, photo, neutral, talking, zero=True), additive)
+        np.testing.assert_array_equal(retarget_lips(additive, photo, neutral, talking, ratio=False, zero=True),
+                                      additive)
     assert _gap(source) - _gap(_with_gap(source, 0.8)) < 0.05
     # a shouting photo (jaw dropped, gap 0.7 mouth widths) keeps its open mouth: closing only the lips
     # would leave the dropped chin under them
@@ -120,6 +121,18 @@ def test_opening_wider_a_closed_neutral_or_a_less_open_photo_stay_additive(smili
     np.testing.assert_array_equal(retarget_lips(additive, source, neutral, wider), additive)
     closed = _with_gap(source, 0.0)
     np.testing.assert_array_equal(retarget_lips(source, source, closed, closed), source)
+
+
+def test_lip_zero_and_the_ratio_rule_do_not_close_twice(smiling):
+    """A photo more open than the driver's (open) neutral, the driver closing half-way: the zero takes the
+    photo to the driver's gap, and the ratio rule on top of it must not close it further."""
+    source = smiling.landmarks
+    neutral = _with_gap(source, 0.3)  # the driver talks through the neutral window
+    driver = _with_gap(source, 0.15)
+    additive = source + (driver - neutral)
+    both = retarget_lips(additive, source, neutral, driver, ratio=True, zero=True)
+    assert _gap(both) == pytest.approx(_gap(driver), abs=0.01)
+    assert _gap(retarget_lips(additive, source, neutral, driver)) > _gap(driver) + 0.03  # the ratio rule alone
 
 
 def test_the_retargeter_closes_a_smile(smiling):
